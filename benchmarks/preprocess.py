@@ -1,0 +1,292 @@
+"""Front-end speed on full-length songs: our partial read vs. librosa.load of the whole file.
+
+Measures decode + resample + dB mel of the first 30 s of real recorded songs (the Debian
+soundtracks of `benchmarks/real_audio.py`, 1.4 to 3.7 minutes long), in three formats:
+
+* ``ogg``: the original Vorbis files (44.1/48 kHz stereo);
+* ``mp3``: copies written with soundfile/LAME at ~192 kbit/s CBR (SONICS ships MP3);
+* ``wav``: 16-bit PCM copies.
+
+Two pipelines, same output (a 30 s, 16 kHz clip and `mel_db` with ``FrontEndConfig()``):
+
+* ours: ``helpers.audio.load_clip`` (decodes only the first 30 s, then soxr HQ) + ``mel_db``;
+* baseline: ``librosa.load(path, sr=16000)`` of the whole file (soxr_hq, librosa's default),
+  cut to 30 s, + ``mel_db``: what a straightforward script does.
+
+Both run in one process, interleaved per repeat on the same files with a warm page cache, and
+the speed-up is the ratio measured in this run. Peak RSS is measured per pipeline in a fresh
+(spawned) process. Finally ``helpers.cache.preprocess`` (2 workers) runs on ~40 clips to give a
+parallel throughput and the bytes each cached clip takes. Results go to
+``benchmarks/results/preprocess.json``. Run from the repository root::
+
+    python -m benchmarks.preprocess            # ~2-3 minutes on 2 cores, after the download
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from helpers.audio import fit_length, load_clip, mel_db, read_audio, resample
+from helpers.config import FrontEndConfig, write_json_atomic
+
+try:
+    from benchmarks.real_audio import DEFAULT_OUT, DEFAULT_PACKAGES, fetch_real_audio
+except ModuleNotFoundError:  # run as a file: python benchmarks/preprocess.py
+    from real_audio import DEFAULT_OUT, DEFAULT_PACKAGES, fetch_real_audio
+
+RESULTS = Path(__file__).resolve().parent / "results" / "preprocess.json"
+FORMATS = ("ogg", "mp3", "wav")
+MP3_LEVEL = (320 - 192) / (320 - 32)  # libsndfile's level for ~192 kbit/s (MPEG-1 scale)
+SONICS_CLIPS = 97_000  # size of the SONICS corpus the cache has to hold
+
+
+def make_copies(songs: pd.DataFrame, copies_dir: Path) -> pd.DataFrame:
+    """MP3 and WAV copies of each song (skipped when present); one row per (song, format)."""
+    rows = []
+    for song in songs.itertuples():
+        stem = song.track_id.replace("/", "__").replace(" ", "_")
+        rows.append({"format": "ogg", "track_id": song.track_id, "path": song.path,
+                     "seconds": song.seconds})
+        for fmt in ("mp3", "wav"):
+            target = copies_dir / fmt / f"{stem}.{fmt}"
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                y, sr = sf.read(song.path, dtype="float32")
+                tmp = target.with_name(f".{target.name}")
+                if fmt == "mp3":
+                    sf.write(tmp, y, sr, format="MP3", compression_level=MP3_LEVEL,
+                             bitrate_mode="CONSTANT")
+                else:
+                    sf.write(tmp, y, sr, format="WAV", subtype="PCM_16")
+                tmp.replace(target)
+            rows.append({"format": fmt, "track_id": song.track_id, "path": str(target),
+                         "seconds": song.seconds})
+    return pd.DataFrame(rows)
+
+
+def ours(path: str, config: FrontEndConfig) -> np.ndarray:
+    return mel_db(load_clip(path, config), config)
+
+
+def baseline(path: str, config: FrontEndConfig) -> np.ndarray:
+    y, _ = librosa.load(path, sr=config.sample_rate)  # whole file, mono, soxr_hq
+    return mel_db(fit_length(y, config.n_samples), config)
+
+
+PIPELINES: dict[str, Callable[[str, FrontEndConfig], np.ndarray]] = {
+    "ours": ours, "baseline": baseline,
+}
+
+
+def _timed(fn: Callable[..., object], *args: object) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def time_pipelines(files: pd.DataFrame, config: FrontEndConfig, repeats: int) -> pd.DataFrame:
+    """Median seconds per clip of each pipeline on each file, interleaved per repeat."""
+    rows = []
+    for f in files.itertuples():
+        times: dict[str, list[float]] = {name: [] for name in PIPELINES}
+        for _ in range(repeats):
+            for name, fn in PIPELINES.items():
+                times[name].append(_timed(fn, f.path, config))
+        rows.append({"format": f.format, "track_id": f.track_id, "seconds": f.seconds,
+                     **{f"{n}_s": statistics.median(t) for n, t in times.items()}})
+    return pd.DataFrame(rows)
+
+
+def stage_breakdown(path: str, config: FrontEndConfig, repeats: int) -> dict[str, float]:
+    """Median seconds of each stage of both pipelines on one file (where the time goes)."""
+    clip = load_clip(path, config)
+    stages: dict[str, Callable[[], object]] = {
+        "ours_open_file": lambda: sf.SoundFile(path).close(),  # MP3: header/length scan
+        "ours_decode_30s": lambda: read_audio(path, config.duration),
+        "ours_resample_30s": lambda: resample(*read_audio(path, config.duration),
+                                              config.sample_rate),
+        "baseline_decode_whole": lambda: sf.read(path, dtype="float32"),
+        "baseline_librosa_load_whole": lambda: librosa.load(path, sr=config.sample_rate),
+        "mel_db": lambda: mel_db(clip, config),
+    }
+    out = {name: statistics.median(_timed(fn) for _ in range(repeats))
+           for name, fn in stages.items()}
+    # "resample" above includes its decode; report the resample alone.
+    out["ours_resample_30s"] -= out["ours_decode_30s"]
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _peak_rss_worker(name: str, paths: list[str], queue: multiprocessing.Queue) -> None:
+    config = FrontEndConfig()
+    mel_db(np.full(config.sample_rate, 0.1, dtype=np.float32), config)  # librosa's lazy imports
+    before = _rss_mb()
+    for path in paths:
+        PIPELINES[name](path, config)
+    queue.put((before, _rss_mb()))
+
+
+def peak_rss(paths: list[str]) -> dict[str, dict[str, float]]:
+    """Peak RSS (MB) of each pipeline over `paths`, each in its own fresh process."""
+    context = multiprocessing.get_context("spawn")
+    out = {}
+    for name in PIPELINES:
+        queue = context.Queue()
+        proc = context.Process(target=_peak_rss_worker, args=(name, paths, queue))
+        proc.start()
+        before, after = queue.get()
+        proc.join()
+        out[name] = {"after_imports_mb": round(before, 1), "peak_mb": round(after, 1),
+                     "peak_above_imports_mb": round(after - before, 1)}
+    return out
+
+
+def parallel_throughput(files: pd.DataFrame, config: FrontEndConfig, n_jobs: int) -> dict:
+    """``helpers.cache.preprocess`` on every file, into a fresh temporary cache."""
+    from helpers.cache import preprocess
+    from helpers.datasets import load_manifest
+
+    manifest = load_manifest(pd.DataFrame({
+        "path": files["path"], "label": "human", "split": "train",
+        "track_id": files["format"] + ":" + files["track_id"],
+    }))
+    cache_dir = Path(tempfile.mkdtemp(prefix="preprocess_bench_"))
+    try:
+        stats = preprocess(manifest, cache_dir, config, n_jobs=n_jobs, chunk_size=4,
+                           progress=False)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    stats.pop("failures_csv")
+    stats["n_jobs"] = n_jobs
+    stats["x_realtime"] = round(stats["clips_per_second"] * config.duration, 1)
+    stats["projected_gb_for_97k_clips"] = round(stats["bytes_per_clip"] * SONICS_CLIPS / 1e9, 2)
+    return stats
+
+
+def summarise(times: pd.DataFrame, config: FrontEndConfig) -> dict:
+    """Per format: seconds per clip, clips/s, x-realtime and speed-up, over all songs."""
+    out = {}
+    for fmt, group in times.groupby("format", sort=False):
+        entry: dict[str, object] = {"n_songs": len(group)}
+        for name in PIPELINES:
+            per_clip = float(group[f"{name}_s"].mean())
+            entry[name] = {
+                "seconds_per_clip_mean": round(per_clip, 4),
+                "seconds_per_clip_median": round(float(group[f"{name}_s"].median()), 4),
+                "clips_per_second": round(1 / per_clip, 2),
+                "x_realtime": round(config.duration / per_clip, 1),
+            }
+        ratio = group["baseline_s"] / group["ours_s"]
+        entry["speedup_total"] = round(float(group["baseline_s"].sum() / group["ours_s"].sum()),
+                                       2)
+        entry["speedup_per_song_min_median_max"] = [round(float(v), 2) for v in
+                                                    (ratio.min(), ratio.median(), ratio.max())]
+        out[fmt] = entry
+    return out
+
+
+def machine_info() -> dict:
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "librosa": librosa.__version__,
+        "soundfile": sf.__version__,
+        "libsndfile": sf.__libsndfile_version__,
+        "soxr": __import__("soxr").__version__,
+        "pandas": pd.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--audio", type=Path, default=DEFAULT_OUT,
+                        help="real_audio.py work folder (fetched if needed)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument("--songs", type=int, default=10,
+                        help="longest tracks used as full-length songs (each in 3 formats)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per file")
+    parser.add_argument("--n-jobs", type=int, default=2, help="workers for cache.preprocess")
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    config = FrontEndConfig()
+
+    manifest = pd.read_csv(fetch_real_audio(args.audio, DEFAULT_PACKAGES))
+    manifest["path"] = [str(args.audio.resolve() / p) for p in manifest["path"]]
+    all_songs = manifest.sort_values("seconds", ascending=False)
+    songs = all_songs.head(args.songs)
+    print(f"{len(songs)} songs, {songs.seconds.min():.0f}-{songs.seconds.max():.0f} s; "
+          "making MP3/WAV copies (once)", flush=True)
+    files = make_copies(songs, args.audio / "copies")
+
+    for name in PIPELINES:  # warm-up: librosa's lazy imports, soxr plans, page cache
+        for path in files.groupby("format")["path"].first():
+            PIPELINES[name](path, config)
+    print("timing ...", flush=True)
+    times = time_pipelines(files, config, args.repeats)
+    longest = files[files.track_id == songs.iloc[0].track_id]
+    breakdown = {f.format: stage_breakdown(f.path, config, args.repeats)
+                 for f in longest.itertuples()}
+    print("peak RSS ...", flush=True)
+    rss = peak_rss(longest["path"].tolist())
+    print("cache.preprocess ...", flush=True)
+    # The copies plus the original Ogg tracks not in the timing set: ~40 clips.
+    extra = all_songs.iloc[args.songs:].assign(format="ogg")
+    parallel = parallel_throughput(pd.concat([files, extra[files.columns]]), config,
+                                   args.n_jobs)
+
+    results = {
+        "description": __doc__.split("\n\n")[0],
+        "config": config.to_dict(),
+        "machine": machine_info(),
+        "repeats": args.repeats,
+        "timing": "median of repeats per file; mean over songs per format; warm page cache",
+        "songs": {"n": len(songs), "seconds": songs["seconds"].round(1).tolist(),
+                  "minutes_total": round(float(songs["seconds"].sum()) / 60, 1),
+                  "source": "benchmarks/real_audio.py (Debian game soundtracks)",
+                  "mp3_copies": "soundfile/LAME, ~192 kbit/s CBR, source rate and channels",
+                  "wav_copies": "16-bit PCM, source rate and channels"},
+        "per_format": summarise(times, config),
+        "per_song": times.round(4).to_dict(orient="records"),
+        "stage_breakdown_longest_song_s": {"seconds": float(songs.iloc[0].seconds),
+                                           **breakdown},
+        "peak_rss_longest_song": rss,
+        "parallel_cache_preprocess": parallel,
+        "benchmark_wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    write_json_atomic(args.out, results)
+    for fmt, entry in results["per_format"].items():
+        print(f"{fmt}: ours {entry['ours']['x_realtime']}x realtime, baseline "
+              f"{entry['baseline']['x_realtime']}x, speed-up {entry['speedup_total']}x "
+              f"(per song {entry['speedup_per_song_min_median_max']})")
+    print(f"cache.preprocess n_jobs={args.n_jobs}: {parallel['clips_per_second']} clips/s, "
+          f"{parallel['bytes_per_clip']} B/clip, "
+          f"{parallel['projected_gb_for_97k_clips']} GB for 97k clips")
+    print(f"wrote {args.out} in {results['benchmark_wall_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Fetch real recorded music offline from Debian's archive and write a manifest for it.
+
+SONICS and GTZAN cannot be downloaded on every machine, but Debian ships game soundtracks:
+produced, human-made recordings under free licences (see ``/work/shared/REAL_AUDIO.md``). This
+script downloads the ``.deb`` packages with ``apt-get download`` (no install), unpacks them with
+``dpkg -x``, and writes ``manifest.csv`` in the project's manifest format next to the audio::
+
+    <out>/debs/<package>_<version>_all.deb     downloaded packages (kept, so re-runs skip them)
+    <out>/unpacked/<package>/...               the unpacked package tree
+    <out>/<package>/copyright                  the package's licence, next to its tracks
+    <out>/manifest.csv                         path,label,split,track_id,title,artist,genre,source
+
+Every track is labelled ``human``. A package is one composer or small team, so ``artist``,
+``genre`` and ``source`` are all the package name, and the split is assigned per package (never
+one package on both sides), so a model scored on ``test`` is scored on an unseen "artist":
+
+* ``train``: extremetuxracer-data (10 tracks), widelands-data (31, only with --with-widelands)
+* ``val``:   lincity-ng-data (3 tracks)
+* ``test``:  xmoto-data (7 tracks)
+
+Other packages get a split from a hash of their name. The audio is not committed (the default
+``--out`` is git-ignored); this script rebuilds it. Run::
+
+    python benchmarks/real_audio.py                      # ~120 MB download
+    python benchmarks/real_audio.py --with-widelands     # + 381 MB
+
+Other benchmarks call `fetch_real_audio` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import soundfile as sf
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "_work" / "real_audio"
+DEFAULT_PACKAGES = ("xmoto-data", "extremetuxracer-data", "lincity-ng-data")
+WIDELANDS = "widelands-data"
+
+#: Split of each known package (see the module docstring for why it is per package).
+PACKAGE_SPLITS = {
+    "extremetuxracer-data": "train",
+    WIDELANDS: "train",
+    "lincity-ng-data": "val",
+    "xmoto-data": "test",
+}
+
+MANIFEST_COLUMNS = ["path", "label", "split", "track_id", "title", "artist", "genre", "source"]
+
+
+class FetchError(RuntimeError):
+    """A package that could not be downloaded or unpacked; the message says what to try."""
+
+
+def _run(cmd: Sequence[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True)
+    except FileNotFoundError as err:
+        raise FetchError(f"{cmd[0]} not found: this script needs a Debian/Ubuntu system") from err
+    except subprocess.CalledProcessError as err:
+        raise FetchError(f"{' '.join(cmd)} failed ({err.returncode}): {err.stderr.strip()}") \
+            from err
+
+
+def _download(package: str, debs: Path) -> Path:
+    """The package's .deb in `debs`, downloading it (after one ``apt-get update``) if absent."""
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    if found:
+        return found[-1]
+    # Root downloads unsandboxed; naming the user keeps apt from warning about it.
+    download = ["apt-get", "download", "-o", "APT::Sandbox::User=root", package]
+    try:
+        _run(download, cwd=debs)
+    except FetchError:
+        _run(["apt-get", "update"])  # the package lists may be missing or stale
+        _run(download, cwd=debs)
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    if not found:
+        raise FetchError(f"apt-get download {package} left no .deb in {debs}")
+    return found[-1]
+
+
+def _unpack(deb: Path, target: Path) -> None:
+    """``dpkg -x`` into `target`, unless a previous run finished unpacking it."""
+    done = target / ".unpacked"
+    if done.exists():
+        return
+    if target.exists():
+        shutil.rmtree(target)  # a half-unpacked tree from an interrupted run
+    target.mkdir(parents=True)
+    _run(["dpkg", "-x", str(deb), str(target)])
+    done.write_text(deb.name + "\n")
+
+
+def _split_of(package: str) -> str:
+    if package in PACKAGE_SPLITS:
+        return PACKAGE_SPLITS[package]
+    from helpers.datasets import assign_splits
+
+    return assign_splits([package])[0]
+
+
+def fetch_real_audio(
+    out_dir: str | Path = DEFAULT_OUT, packages: Sequence[str] = DEFAULT_PACKAGES
+) -> Path:
+    """Download, unpack and list the Ogg tracks of Debian game-soundtrack packages.
+
+    Idempotent: downloaded ``.deb`` files and finished unpacks are reused.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Work folder (created if needed); the manifest's paths are relative to it.
+    packages : sequence of str
+        Debian package names, e.g. `DEFAULT_PACKAGES` (+ ``"widelands-data"``).
+
+    Returns
+    -------
+    Path
+        ``<out_dir>/manifest.csv`` with columns `MANIFEST_COLUMNS`, plus ``seconds`` (track
+        duration), one row per track, every label ``human``.
+
+    Raises
+    ------
+    FetchError
+        ``apt-get``/``dpkg`` are missing or failed, or a package holds no Ogg tracks.
+    """
+    out_dir = Path(out_dir).resolve()
+    debs = out_dir / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for package in packages:
+        deb = _download(package, debs)
+        tree = out_dir / "unpacked" / package
+        _unpack(deb, tree)
+        copyright_src = tree / "usr" / "share" / "doc" / package / "copyright"
+        if copyright_src.exists():
+            (out_dir / package).mkdir(exist_ok=True)
+            shutil.copyfile(copyright_src, out_dir / package / "copyright")
+        tracks = sorted((tree / "usr").rglob("*.ogg"))
+        if not tracks:
+            raise FetchError(f"{package}: no .ogg files in {deb.name}; is it a music package?")
+        for track in tracks:
+            rows.append({
+                "path": track.relative_to(out_dir).as_posix(),
+                "label": "human",
+                "split": _split_of(package),
+                "track_id": f"{package}/{track.stem}",
+                "title": track.stem,
+                "artist": package,
+                "genre": package,
+                "source": package,
+                "seconds": round(sf.info(track).duration, 3),
+            })
+    manifest = out_dir / "manifest.csv"
+    tmp = manifest.with_name(".manifest.csv.tmp")
+    pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "seconds"]).to_csv(tmp, index=False)
+    tmp.replace(manifest)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"work folder (default {DEFAULT_OUT}, git-ignored)")
+    parser.add_argument("--with-widelands", action="store_true",
+                        help="also fetch widelands-data (381 MB, 31 long tracks)")
+    args = parser.parse_args(argv)
+    packages = [*DEFAULT_PACKAGES, *([WIDELANDS] if args.with_widelands else [])]
+    try:
+        manifest = fetch_real_audio(args.out, packages)
+    except FetchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    table = pd.read_csv(manifest)
+    summary = table.groupby(["source", "split"])["seconds"].agg(["count", "sum"])
+    summary["minutes"] = (summary.pop("sum") / 60).round(1)
+    print(summary.to_string())
+    print(f"{len(table)} tracks, {table['seconds'].sum() / 60:.1f} minutes -> {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

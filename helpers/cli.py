@@ -1,0 +1,269 @@
+"""Command line: ``python -m helpers <command> --help`` explains each stage.
+
+Stages, in the order data flows::
+
+    download    SONICS / GTZAN via kagglehub  -> manifest.csv
+    synth       the built-in demo corpus      -> audio files + manifest.csv
+    preprocess  manifest -> feature cache (mel spectrograms)
+    train       manifest -> run folder (Model 1, the AI-vs-human classifier)
+    evaluate    run + manifest -> metrics.json, predictions.csv, figures
+    index       manifest (human songs) -> index folder (Model 2's catalog)
+    recommend   audio files + run + index -> P(AI) and top-K similar human tracks
+    demo        all of the above on the demo corpus, offline
+
+Heavy imports happen inside each command so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EPILOG = "Data flows: download/synth -> preprocess -> train -> evaluate; index -> recommend."
+
+
+def _add_frontend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("front end (must match between preprocess, train and evaluate)")
+    g.add_argument("--duration", type=float, default=None,
+                   help="seconds read from the start of each file (default 30)")
+    g.add_argument("--sample-rate", type=int, default=None, help="Hz (default 16000)")
+    g.add_argument("--codec", choices=["none", "mp3"], default=None,
+                   help="confound control: pass every clip through the same MP3 round trip "
+                        "so the classifier cannot tell sources apart by file format")
+
+
+def _frontend(args: argparse.Namespace):
+    from helpers.config import FrontEndConfig
+
+    overrides = {}
+    if args.duration is not None:
+        overrides["duration"] = args.duration
+    if args.sample_rate is not None:
+        overrides["sample_rate"] = args.sample_rate
+    if args.codec is not None:
+        overrides["codec"] = None if args.codec == "none" else args.codec
+    return FrontEndConfig(**overrides)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from helpers.sources import download
+
+    path = download(args.dataset, args.out, limit=args.limit, fetch_human=args.fetch_human)
+    print(f"manifest written: {path}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from helpers.synth import SynthConfig, make_corpus
+
+    config = SynthConfig(n_per_style_per_label=args.per_style, seed=args.seed)
+    out = make_corpus(args.out, config)
+    print(f"demo corpus written: {Path(out) / 'manifest.csv'}")
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from helpers.cache import preprocess
+    from helpers.datasets import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    report = preprocess(manifest, args.cache, _frontend(args), n_jobs=args.jobs,
+                        chunk_size=args.chunk_size)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from helpers.train import TrainConfig, train
+
+    overrides = {}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    run = train(args.manifest, args.out, preset=args.preset, train_config=TrainConfig(**overrides),
+                cache_dir=args.cache, resume=args.resume, frontend=_frontend(args))
+    print(f"run written: {run}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from helpers.evaluate import evaluate
+
+    metrics = evaluate(args.run, args.manifest, split=args.split, out_dir=args.out,
+                       cache_dir=args.cache)
+    keys = ("accuracy", "f1", "roc_auc", "pr_auc", "sensitivity", "specificity")
+    print(json.dumps({k: metrics.get(k) for k in keys}, indent=2))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from helpers.datasets import load_manifest
+    from helpers.embed import default_embedder, make_embedder
+    from helpers.index import build_index
+
+    manifest = load_manifest(args.manifest)
+    if args.embedder == "auto":
+        embedder = default_embedder()
+    elif args.embedder == "classifier":
+        if not args.run:
+            raise SystemExit("--embedder classifier needs --run RUN")
+        embedder = make_embedder("classifier", run_dir=args.run)
+    else:
+        embedder = make_embedder(args.embedder)
+    index = build_index(manifest, args.out, embedder, label=args.label, hnsw=args.hnsw)
+    print(f"index written: {args.out} ({len(index)} tracks, embedder {embedder.name})")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from helpers.pipeline import analyze_many, format_results
+
+    results = analyze_many(args.audio, run=args.run, index=args.index, k=args.k,
+                           threshold=args.threshold, always_recommend=args.always_recommend,
+                           windows=args.windows)
+    print(json.dumps(results, indent=2) if args.json else format_results(results))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from helpers.pipeline import run_demo
+
+    run_demo(args.out, seed=args.seed, k=args.k)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers",
+        description="Tell AI-generated music from human music, then recommend similar human "
+                    "tracks. Start with `python -m helpers demo` (offline, a few minutes).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("download", help="download SONICS/GTZAN with kagglehub, write a manifest",
+                       description="Download a dataset with kagglehub (credentials from Colab "
+                       "secrets, KAGGLE_USERNAME/KAGGLE_KEY, or ~/.kaggle/kaggle.json) and write "
+                       "OUT/manifest.csv.")
+    p.add_argument("--dataset", choices=["sonics", "gtzan", "sonics+gtzan"],
+                   default="sonics+gtzan", help="sonics+gtzan: SONICS AI songs vs GTZAN human "
+                   "songs (default; SONICS ships its human songs only as YouTube ids)")
+    p.add_argument("--out", default="data", help="folder for manifest.csv (default: data)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most N training clips per class, val/test in proportion")
+    p.add_argument("--fetch-human", action="store_true",
+                   help="also fetch SONICS human songs from YouTube with yt-dlp (slow, optional)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("synth", help="write the built-in synthetic demo corpus",
+                       description="Write the demo corpus (6 styles, human and 'AI' clips with "
+                       "Griffin-Lim and upsampling artifacts) as audio files plus manifest.csv.")
+    p.add_argument("--out", default="data/demo", help="output folder (default: data/demo)")
+    p.add_argument("--per-style", type=int, default=12,
+                   help="clips per style and label (default 12: 144 clips)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("preprocess", help="compute the feature cache (resumable, parallel)",
+                       description="Compute the dB mel spectrogram of every file in a manifest "
+                       "into a cache folder. Re-running resumes; unreadable files are logged in "
+                       "CACHE/failures.csv and skipped.")
+    p.add_argument("--manifest", required=True,
+                   help="manifest CSV, or a folder with ai/ and human/ subfolders")
+    p.add_argument("--cache", required=True, help="cache folder")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--chunk-size", type=int, default=32, help="clips per shard (default 32)")
+    _add_frontend_args(p)
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("train", help="train Model 1, the AI-vs-human classifier",
+                       description="Train the spectro-temporal transformer. Preprocesses into "
+                       "a cache when needed; --resume continues an interrupted run.")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "base"],
+                   help="tiny: CPU-sized; base: SpecTTTra-sized, for a GPU")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cache", default=None, help="feature cache folder (default: RUN/cache)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
+    _add_frontend_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, predictions and figures of a run",
+                       description="Evaluate a run on a split: metrics.json, predictions.csv "
+                       "and figures (ROC, PR, confusion, histograms, reliability).")
+    p.add_argument("--run", required=True)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", default=None, help="output folder (default: RUN/eval_<split>)")
+    p.add_argument("--cache", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("index", help="build the human-track index (Model 2)",
+                       description="Embed the human tracks of a manifest and store a cosine "
+                       "index. Resumable; adding tracks to an index embeds only the new ones.")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="index folder")
+    p.add_argument("--embedder", default="auto", choices=["auto", "openl3", "features",
+                                                          "classifier"],
+                   help="auto: openl3 when its weights are cached, else features")
+    p.add_argument("--run", default=None, help="run folder, for --embedder classifier")
+    p.add_argument("--label", default="human", choices=["human", "ai", "all"],
+                   help="which clips go into the catalog (default: human)")
+    p.add_argument("--hnsw", action="store_true", help="approximate HNSW index (large catalogs)")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("recommend", help="P(AI) and top-K similar human tracks for audio files",
+                       description="Classify each file; when it looks AI-made, recommend the "
+                       "K most similar human tracks from the index.")
+    p.add_argument("audio", nargs="+", help="audio files")
+    p.add_argument("--run", required=True, help="classifier run folder")
+    p.add_argument("--index", required=True, help="index folder")
+    p.add_argument("-k", type=int, default=5)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="P(AI) decision threshold (default: the run's validation choice)")
+    p.add_argument("--always-recommend", action="store_true",
+                   help="recommend even for tracks that look human")
+    p.add_argument("--windows", action="store_true",
+                   help="score sliding 30 s windows over the whole song, not just the start")
+    p.add_argument("--json", action="store_true", help="JSON output for scripts")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the demo corpus, offline",
+                       description="Build the demo corpus, train the tiny classifier, evaluate "
+                       "it, build the human index and recommend for held-out clips. Re-running "
+                       "reuses finished stages.")
+    p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-k", type=int, default=5)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m helpers``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from helpers.audio import AudioError
+    from helpers.datasets import ManifestError
+
+    try:
+        return args.func(args)
+    except (AudioError, ManifestError, FileNotFoundError) as err:
+        # Expected user errors: one clear line, no traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,121 @@
+"""Configuration shared by every stage: the audio front end.
+
+One `FrontEndConfig` defines how a file becomes a mel spectrogram. It is saved as JSON in every
+feature cache and every run folder, so training, evaluation, the CLI and the notebooks cannot
+drift apart (the Audio Spectrogram Transformer's data loader owns its front end the same way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    """How audio becomes a dB mel spectrogram.
+
+    The defaults follow SONICS' SpecTTTra front end (16 kHz, 128 mel bins, hop 512), and the
+    design's rule of classifying the first 30 s of a song.
+
+    Parameters
+    ----------
+    sample_rate : int
+        Rate every clip is resampled to, in Hz. 16 kHz keeps content up to 8 kHz.
+    duration : float
+        Seconds read from the start of each file; longer files are cropped, shorter ones padded
+        (see `pad_mode`).
+    min_duration : float
+        Files with fewer seconds of audio than this are rejected as too short: padding a
+        blip to 30 s would teach the model about padding, not music.
+    pad_mode : str
+        ``"zero"`` appends silence (default), ``"repeat"`` loops the clip until it fills
+        `duration` seconds.
+    n_fft, hop_length, win_length : int
+        STFT parameters in samples (periodic Hann window, centred frames, zero padding).
+    n_mels, fmin, fmax : int, float, float
+        Slaney-style mel filterbank (librosa's default); `fmax` ``None`` means Nyquist.
+    top_db : float
+        Dynamic range kept below each clip's maximum, in dB.
+    codec : str or None
+        Confound control. ``None`` uses the decoded audio as is. ``"mp3"`` passes every clip
+        through the same MP3 encoder at `codec_bitrate_kbps` and back before the features, so
+        a classifier cannot separate MP3 sources from WAV sources by their codec.
+    codec_bitrate_kbps : int
+        Bitrate for the confound-control round trip.
+    """
+
+    sample_rate: int = 16_000
+    duration: float = 30.0
+    min_duration: float = 0.5
+    pad_mode: str = "zero"
+    n_fft: int = 2048
+    hop_length: int = 512
+    win_length: int = 2048
+    n_mels: int = 128
+    fmin: float = 20.0
+    fmax: float | None = 8_000.0
+    top_db: float = 80.0
+    codec: str | None = None
+    codec_bitrate_kbps: int = 128
+
+    def __post_init__(self) -> None:
+        if self.pad_mode not in ("zero", "repeat"):
+            raise ValueError(f"pad_mode must be 'zero' or 'repeat', got {self.pad_mode!r}")
+        if self.codec not in (None, "mp3"):
+            raise ValueError(f"codec must be None or 'mp3', got {self.codec!r}")
+        if self.min_duration > self.duration:
+            raise ValueError("min_duration must not exceed duration")
+
+    @property
+    def n_samples(self) -> int:
+        """Samples in one clip after resampling and pad/crop."""
+        return int(round(self.duration * self.sample_rate))
+
+    @property
+    def n_frames(self) -> int:
+        """Spectrogram frames in one clip (centred STFT)."""
+        return 1 + self.n_samples // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FrontEndConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown front-end settings {sorted(unknown)}")
+        return cls(**data)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON so that a crash never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and paths show up in results dicts; store them as plain JSON values.
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} as JSON")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, naming the file in the error when it is damaged."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: damaged JSON ({err}); delete it and re-run") from err

@@ -1,0 +1,264 @@
+"""Manifests: one table format for every data source.
+
+A manifest is a CSV with at least ``path,label,split`` (``label`` is ``ai`` or ``human``,
+``split`` is ``train``/``val``/``test``) and optional ``track_id,title,artist,genre,source``
+(plus any extra columns, e.g. SONICS' ``algorithm``). Relative paths are relative to the CSV's
+folder. SONICS, GTZAN, the demo corpus and a user's own folder all become this one table, so
+everything downstream (feature cache, training, index) reads a single format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from helpers.audio import AUDIO_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("path", "label", "split")
+OPTIONAL_COLUMNS = ("track_id", "title", "artist", "genre", "source")
+LABELS = ("ai", "human")
+SPLITS = ("train", "val", "test")
+# Spellings other datasets use for the same labels and splits.
+_LABEL_ALIASES = {"fake": "ai", "real": "human", "synthetic": "ai", "1": "ai", "0": "human"}
+_SPLIT_ALIASES = {"valid": "val", "validation": "val", "dev": "val"}
+
+SONICS_HANDLE = "awsaf49/sonics-dataset"
+GTZAN_HANDLE = "andradaolteanu/gtzan-dataset-music-genre-classification"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message says which file, what is wrong, and the fix."""
+
+
+def load_manifest(
+    source: str | os.PathLike | pd.DataFrame, check_files: bool = False
+) -> pd.DataFrame:
+    """Load and validate a manifest from a CSV, a folder, or a DataFrame.
+
+    Parameters
+    ----------
+    source : str, path-like or DataFrame
+        A manifest CSV; a folder holding ``manifest.csv``; or a folder with ``ai/`` and
+        ``human/`` subfolders of audio (splits are then assigned deterministically, see
+        `folder_manifest`).
+    check_files : bool
+        Also require every path to exist (otherwise missing files surface, logged and skipped,
+        when the audio is read).
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``path`` (absolute), ``label``, ``split``, ``track_id``, ``title``, ``artist``,
+        ``genre``, ``source`` and any extra columns of the input, in input order.
+
+    Raises
+    ------
+    ManifestError
+        Missing columns, unknown labels or splits, duplicate paths or track ids, an empty
+        manifest, or (with `check_files`) paths that do not exist.
+    """
+    if isinstance(source, pd.DataFrame):
+        return validate_manifest(source, base_dir=Path.cwd(), name="<DataFrame>",
+                                 check_files=check_files)
+    source = Path(source).expanduser()
+    if source.is_dir():
+        if (source / "manifest.csv").is_file():
+            source = source / "manifest.csv"
+        elif (source / "ai").is_dir() or (source / "human").is_dir():
+            return validate_manifest(folder_manifest(source), base_dir=source, name=str(source),
+                                     check_files=check_files)
+        else:
+            raise ManifestError(
+                f"{source}: a folder needs either manifest.csv or ai/ and human/ subfolders "
+                "of audio files"
+            )
+    if not source.is_file():
+        raise ManifestError(f"{source}: manifest not found")
+    try:
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ManifestError(f"{source}: not a readable CSV ({err})") from err
+    return validate_manifest(frame, base_dir=source.parent, name=str(source),
+                             check_files=check_files)
+
+
+def validate_manifest(
+    frame: pd.DataFrame,
+    base_dir: str | os.PathLike = ".",
+    name: str = "manifest",
+    check_files: bool = False,
+) -> pd.DataFrame:
+    """Check a manifest table and return it normalised (see `load_manifest`)."""
+    frame = frame.copy()
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ManifestError(
+            f"{name}: missing column(s) {missing}; found {list(frame.columns)}. A manifest "
+            "needs path,label,split (label ai|human, split train|val|test)"
+        )
+    if frame.empty:
+        raise ManifestError(f"{name}: the manifest has no rows")
+    frame = frame.astype({c: str for c in REQUIRED_COLUMNS})
+    frame["label"] = _normalise(frame["label"], _LABEL_ALIASES)
+    frame["split"] = _normalise(frame["split"], _SPLIT_ALIASES)
+    _check_values(frame, "label", LABELS, name)
+    _check_values(frame, "split", SPLITS, name)
+
+    base = Path(base_dir)
+    frame["path"] = [
+        os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+        for p in frame["path"].str.strip()
+    ]
+    if (frame["path"] == os.path.normpath(base)).any():
+        raise ManifestError(f"{name}: some rows have an empty path")
+    dupes = frame["path"][frame["path"].duplicated()]
+    if len(dupes):
+        raise ManifestError(
+            f"{name}: {len(dupes)} duplicate path(s), e.g. {dupes.iloc[0]}; each file once"
+        )
+    for column in OPTIONAL_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
+        frame[column] = frame[column].fillna("").astype(str)
+    empty_ids = frame["track_id"] == ""
+    frame.loc[empty_ids, "track_id"] = [Path(p).stem for p in frame.loc[empty_ids, "path"]]
+    if check_files:
+        absent = [p for p in frame["path"] if not os.path.exists(p)]
+        if absent:
+            raise ManifestError(
+                f"{name}: {len(absent)} path(s) do not exist, e.g. {absent[0]}; fix the paths "
+                "(relative paths are relative to the manifest's folder)"
+            )
+    return frame.reset_index(drop=True)
+
+
+def _normalise(values: pd.Series, aliases: dict[str, str]) -> pd.Series:
+    cleaned = values.str.strip().str.lower()
+    return cleaned.map(lambda v: aliases.get(v, v))
+
+
+def _check_values(frame: pd.DataFrame, column: str, allowed: Iterable[str], name: str) -> None:
+    bad = frame.loc[~frame[column].isin(allowed), column]
+    if len(bad):
+        raise ManifestError(
+            f"{name}: unknown {column} value(s) {sorted(set(bad))[:5]} in {len(bad)} row(s), "
+            f"first at row {bad.index[0] + 2}; allowed: {', '.join(allowed)}"
+        )
+
+
+def split_counts(frame: pd.DataFrame) -> pd.DataFrame:
+    """Clips per split and label, for a quick look at a manifest."""
+    return frame.groupby(["split", "label"]).size().unstack(fill_value=0)
+
+
+def manifest_fingerprint(frame: pd.DataFrame) -> str:
+    """SHA-1 of the sorted (path, label, split) rows: identifies the data a run saw."""
+    rows = sorted(zip(frame["path"], frame["label"], frame["split"], strict=True))
+    digest = hashlib.sha1()
+    for row in rows:
+        digest.update("\t".join(row).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def assign_splits(
+    keys: Iterable[str], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), salt: str = ""
+) -> list[str]:
+    """Deterministic train/val/test split from a hash of each key.
+
+    Hashing (rather than shuffling) keeps a file's split fixed when files are added or removed,
+    and lets one song's excerpts share a split when they share a key (e.g. a track id).
+    """
+    edges = np.cumsum(fractions) / np.sum(fractions)
+    out = []
+    for key in keys:
+        h = int(hashlib.sha1(f"{salt}{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        out.append(SPLITS[int(np.searchsorted(edges, h, side="right").clip(max=2))])
+    return out
+
+
+def list_audio(folder: str | os.PathLike) -> list[Path]:
+    """Audio files under `folder`, recursively, sorted; hidden files skipped."""
+    folder = Path(folder)
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def folder_manifest(folder: str | os.PathLike) -> pd.DataFrame:
+    """Manifest for a folder with ``ai/`` and ``human/`` subfolders of audio.
+
+    A file's split comes from a ``train``/``val``/``test`` folder on its path when there is
+    one (``ai/train/x.wav``), otherwise from a hash of its path (70/15/15). A folder between
+    the label and the file (``human/jazz/x.wav``) becomes its genre.
+    """
+    folder = Path(folder)
+    rows = []
+    for label in LABELS:
+        for path in list_audio(folder / label):
+            rel = path.relative_to(folder / label)
+            parts = [p.lower() for p in rel.parts[:-1]]
+            split = next((_SPLIT_ALIASES.get(p, p) for p in parts
+                          if _SPLIT_ALIASES.get(p, p) in SPLITS), "")
+            genre = next((p for p in rel.parts[:-1]
+                          if _SPLIT_ALIASES.get(p.lower(), p.lower()) not in SPLITS), "")
+            rows.append({"path": str(path.relative_to(folder)), "label": label, "split": split,
+                         "track_id": f"{label}/{rel.with_suffix('').as_posix()}",
+                         "genre": genre, "source": folder.name})
+    if not rows:
+        raise ManifestError(f"{folder}: no audio files under ai/ or human/")
+    frame = pd.DataFrame(rows)
+    unsplit = frame["split"] == ""
+    frame.loc[unsplit, "split"] = assign_splits(frame.loc[unsplit, "track_id"])
+    return frame
+
+
+def write_manifest(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a manifest atomically, storing paths relative to its folder where possible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = frame.copy()
+    base = path.parent.resolve()
+
+    def rel(p: str) -> str:
+        try:
+            return Path(p).resolve().relative_to(base).as_posix()
+        except ValueError:
+            return p
+
+    out["path"] = [rel(p) for p in out["path"]]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    out.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate manifests (e.g. SONICS AI songs + GTZAN human songs) and re-validate."""
+    return validate_manifest(pd.concat(list(frames), ignore_index=True), name="combined")
+
+
+def balance(frame: pd.DataFrame, per_class: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """Subsample to at most `per_class` clips per label and split, keeping split proportions.
+
+    The per-class limit applies to ``train``; ``val`` and ``test`` are cut in proportion, so a
+    Colab disk holds the subset and the evaluation splits keep their share.
+    """
+    if per_class is None:
+        return frame
+    train_n = frame[frame["split"] == "train"].groupby("label").size()
+    scale = min(1.0, per_class / max(int(train_n.max()) if len(train_n) else 1, 1))
+    parts = []
+    for (_split, _label), group in frame.groupby(["split", "label"], sort=False):
+        n = min(len(group), max(1, int(round(len(group) * scale))))
+        parts.append(group.sample(n=n, random_state=seed) if n < len(group) else group)
+    return pd.concat(parts).sort_index().reset_index(drop=True)

@@ -1,0 +1,644 @@
+"""Track embedders: audio file -> one L2-normalised vector, behind one small interface.
+
+Every embedder follows scikit-learn's conventions: its configuration is set in ``__init__``,
+work happens in methods, and nothing is global. `Embedder.config` returns everything that
+defines the vector space (name, parameters, dimension and any fitted state); an index stores
+it, and refuses queries from an embedder whose config differs (`helpers.index`).
+
+Three embedders:
+
+* ``openl3`` (`OpenL3Embedder`): OpenL3 mel256/music/512 frame embeddings every 0.5 s,
+  averaged over the clip and L2-normalised. These are the settings of OpenL3's entry in the
+  HEAR benchmark (scene embeddings = mean of frames at a 0.5 s hop), the usual pretrained
+  music baseline. Needs the official weights (`helpers.openl3.weights_available`).
+* ``features`` (`FeatureEmbedder`): 93 classic librosa descriptors (timbre, harmony, spectral
+  shape, loudness, rhythm), standardised per dimension with statistics *fitted on the
+  catalog*, then L2-normalised. Works offline, no weights.
+* ``classifier`` (`ClassifierEmbedder`): the pooled vector of a trained Model 1 run.
+
+Vectors are computed in two steps so that embedders with fitted state stay consistent:
+``embed_raw_*`` gives the un-normalised descriptor, `Embedder.transform` maps raw vectors
+to the final space (standardise if fitted, then L2-normalise). An index builder stores raw
+vectors while it works, calls `Embedder.fit` once on the whole catalog, and keeps the fitted
+state in the index metadata so that queries are transformed with the catalog's statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import librosa
+import numpy as np
+from tqdm import tqdm
+
+from helpers.audio import read_audio, resample
+
+log = logging.getLogger(__name__)
+
+EMBEDDERS = ("openl3", "features", "classifier")
+
+# Errors that mean "this file cannot be embedded" (AudioError is a ValueError); anything else
+# is a bug and should stop the run.
+_FILE_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
+
+
+def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Scale each row (or a single vector) to unit L2 norm; all-zero rows stay zero.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (n, dim) or (dim,)
+
+    Returns
+    -------
+    np.ndarray, same shape, float32
+    """
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, eps)).astype(np.float32, copy=False)
+
+
+def _canonical(data: Any) -> Any:
+    """JSON round trip, so configs compare equal before and after being stored."""
+    return json.loads(json.dumps(data, sort_keys=True, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in an embedder config")
+
+
+def file_fingerprint(path: str | os.PathLike) -> dict[str, str]:
+    """Name and SHA-256 of a file (weights identity that survives moving the file)."""
+    path = Path(path).expanduser()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": path.name, "sha256": digest.hexdigest()}
+
+
+class Embedder:
+    """Base class: audio -> one L2-normalised float32 vector of size `dim`.
+
+    Subclasses set `name` and implement `embed_raw_audio` and `params`; embedders with fitted
+    state (`needs_fit`) also override `fit`, `transform`, `get_state` and `set_state`.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``make_embedder(name)``).
+    dim : int
+        Output dimension.
+    max_seconds : float or None
+        Seconds read from the start of each file.
+    needs_fit : bool
+        Whether `fit` must see the catalog before `transform` gives final vectors.
+    """
+
+    name: str = "base"
+    dim: int = 0
+    max_seconds: float | None = 30.0
+    needs_fit: bool = False
+
+    # -- to implement ------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters that change the vectors (not device or batch size)."""
+        raise NotImplementedError
+
+    def embed_raw_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """Raw descriptor of a mono signal, shape (dim,), before `transform`."""
+        raise NotImplementedError
+
+    # -- fitted state (no-ops for embedders without state) ----------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return not self.needs_fit or self.get_state() is not None
+
+    def fit(self, raw: np.ndarray) -> Embedder:
+        """Fit any state on the raw catalog vectors ``(n, dim)``; returns self."""
+        return self
+
+    def get_state(self) -> dict[str, Any] | None:
+        """Fitted state as plain JSON values, or None."""
+        return None
+
+    def set_state(self, state: dict[str, Any] | None) -> Embedder:
+        """Restore state from `get_state`; returns self."""
+        if state is not None:
+            raise ValueError(f"embedder {self.name!r} has no fitted state, got {sorted(state)}")
+        return self
+
+    def with_state(self, state: dict[str, Any] | None) -> Embedder:
+        """A shallow copy carrying `state` (the original is left unchanged)."""
+        return copy.copy(self).set_state(state)
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        """Raw vectors ``(n, dim)`` -> final vectors ``(n, dim)``, float32, unit norm."""
+        return l2_normalise(raw)
+
+    # -- the common surface -----------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything that defines the vector space: name, dim, params and fitted state.
+
+        Two embedders give comparable vectors exactly when their configs are equal.
+        """
+        return _canonical({"name": self.name, "dim": int(self.dim), "params": self.params(),
+                           "state": self.get_state()})
+
+    def embed_raw_file(self, path: str | os.PathLike) -> np.ndarray:
+        """Raw descriptor of the first `max_seconds` of a file, shape (dim,), float32.
+
+        Raises
+        ------
+        helpers.audio.AudioError
+            The file cannot be read (the message names it).
+        """
+        y, sr = read_audio(path, max_seconds=self.max_seconds)
+        return np.asarray(self.embed_raw_audio(y, sr), dtype=np.float32)
+
+    def embed_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """Embed a mono signal ``(samples,)`` at `sr` Hz -> ``(dim,)`` float32, unit norm."""
+        self._require_fitted()
+        return self.transform(self.embed_raw_audio(np.asarray(y, np.float32), sr)[None])[0]
+
+    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
+        """Embed the first `max_seconds` of a file -> ``(dim,)`` float32, unit norm."""
+        self._require_fitted()
+        return self.transform(self.embed_raw_file(path)[None])[0]
+
+    def embed_files(
+        self, paths: Iterable[str | os.PathLike], progress: bool = True, raw: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+        """Embed many files, logging and skipping the ones that cannot be read.
+
+        Parameters
+        ----------
+        paths : iterable of path
+        progress : bool
+            Show a tqdm progress bar.
+        raw : bool
+            Return raw descriptors (before `transform`), e.g. to `fit` on them.
+
+        Returns
+        -------
+        vectors : np.ndarray, shape (n_ok, dim), float32
+            One row per readable file, in input order.
+        ok : np.ndarray, shape (n_paths,), bool
+            Which input paths gave a row of `vectors`.
+        errors : list of (path, message)
+        """
+        if not raw:
+            self._require_fitted()
+        paths = [os.fspath(p) for p in paths]
+        rows, ok, errors = [], np.zeros(len(paths), dtype=bool), []
+        for i, path in enumerate(tqdm(paths, desc=f"embed ({self.name})", disable=not progress,
+                                      unit="file")):
+            try:
+                rows.append(self.embed_raw_file(path))
+                ok[i] = True
+            except _FILE_ERRORS as err:
+                log.warning("skipping %s: %s", path, err)
+                errors.append((path, str(err)))
+        vectors = np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        return (vectors if raw else self.transform(vectors)), ok, errors
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise ValueError(
+                f"embedder {self.name!r} is not fitted: its standardisation is fitted on a "
+                "catalog. Use the index's embedder (CatalogIndex.embedder()) or call fit() first"
+            )
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+# ------------------------------------------------------------------------------------------
+# OpenL3
+# ------------------------------------------------------------------------------------------
+
+
+class OpenL3Embedder(Embedder):
+    """OpenL3 track embedding: mean of frame embeddings, L2-normalised.
+
+    The defaults (mel256, music, 512, hop 0.5 s, mean over frames) are those of OpenL3's entry
+    in the HEAR 2021 benchmark, the usual pretrained baseline for music similarity.
+
+    Parameters
+    ----------
+    input_repr : {"mel256", "mel128", "linear"}
+        Input representation of the network.
+    content_type : {"music", "env"}
+        Training content of the weights; "music" for music similarity.
+    embedding_size : {512, 6144}
+        Frame embedding size (= track vector size).
+    hop_size : float
+        Seconds between the 1 s analysis windows that are averaged.
+    weights : path, optional
+        A Keras ``.h5`` weights file; ``None`` uses the cached official weights (loaded with
+        ``download=False``: nothing is fetched by this class).
+    max_seconds : float or None
+        Seconds read from the start of each file.
+    device : str, optional
+        Torch device; ``None`` picks CUDA when available.
+    cache_dir : path, optional
+        Weights folder for ``weights=None`` (see `helpers.openl3.weights_cache_dir`).
+    batch_size : int
+        Windows per forward pass (speed only).
+    """
+
+    name = "openl3"
+
+    def __init__(
+        self,
+        input_repr: str = "mel256",
+        content_type: str = "music",
+        embedding_size: int = 512,
+        hop_size: float = 0.5,
+        weights: str | os.PathLike | None = None,
+        max_seconds: float | None = 30.0,
+        device: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.input_repr = input_repr
+        self.content_type = content_type
+        self.embedding_size = int(embedding_size)
+        self.hop_size = float(hop_size)
+        self.weights = weights
+        self.max_seconds = max_seconds
+        self.device = device
+        self.cache_dir = cache_dir
+        self.batch_size = int(batch_size)
+        self.dim = self.embedding_size
+        self._model = None
+        self._weights_id: dict[str, str] | None = None
+
+    def params(self) -> dict[str, Any]:
+        if self.weights is not None and self._weights_id is None:
+            self._weights_id = file_fingerprint(self.weights)
+        return {
+            "input_repr": self.input_repr,
+            "content_type": self.content_type,
+            "embedding_size": self.embedding_size,
+            "hop_size": self.hop_size,
+            # official weights are identified by name; others by content, not by path
+            "weights": "official" if self.weights is None else self._weights_id,
+            "max_seconds": self.max_seconds,
+            "pooling": "mean",
+        }
+
+    @property
+    def model(self):
+        """The network, loaded on first use (weights are never downloaded here)."""
+        if self._model is None:
+            from helpers.openl3 import load_audio_embedding_model
+
+            self._model = load_audio_embedding_model(
+                self.input_repr, self.content_type, self.embedding_size, weights=self.weights,
+                device=self.device, cache_dir=self.cache_dir, download=False)
+        return self._model
+
+    def embed_raw_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
+        from helpers.openl3 import get_audio_embedding
+
+        frames, _ = get_audio_embedding(y, sr, self.model, hop_size=self.hop_size, center=True,
+                                        batch_size=self.batch_size)  # (n_frames, dim)
+        return frames.mean(axis=0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# Classic descriptors
+# ------------------------------------------------------------------------------------------
+
+#: Names of the FeatureEmbedder dimensions, in order.
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"mfcc{i}_{s}" for s in ("mean", "std") for i in range(20)),
+    *(f"chroma{i}_{s}" for s in ("mean", "std") for i in range(12)),
+    *(f"contrast{i}_{s}" for s in ("mean", "std") for i in range(7)),
+    *(f"{f}_{s}" for f in ("centroid", "bandwidth", "rolloff", "zcr", "rms")
+      for s in ("mean", "std")),
+    "tempo_log2", "onset_mean", "onset_std", "onset_max", "onset_rate",
+)
+
+
+class Standardizer:
+    """Per-dimension standardisation ``(x - mean) / std`` fitted on a catalog.
+
+    Dimensions that are constant on the catalog (std ~ 0) keep a scale of 1, so they add
+    nothing rather than blowing up.
+    """
+
+    def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> None:
+        self.mean = None if mean is None else np.asarray(mean, dtype=np.float64)
+        self.std = None if std is None else np.asarray(std, dtype=np.float64)
+
+    def fit(self, x: np.ndarray) -> Standardizer:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or len(x) < 2:
+            raise ValueError(f"need at least 2 vectors (n, dim) to fit, got shape {x.shape}")
+        self.mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        self.std = np.where(std > 1e-8 * (1 + np.abs(self.mean)), std, 1.0)
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Sequence[float]]) -> Standardizer:
+        return cls(np.asarray(data["mean"]), np.asarray(data["std"]))
+
+
+class FeatureEmbedder(Embedder):
+    """Classic MIR descriptors, standardised on the catalog, L2-normalised.
+
+    The raw vector (93 dims, names in `FEATURE_NAMES`) holds the mean and standard deviation
+    over frames of: 20 MFCCs (timbre), 12 chroma bins (harmony), 7 spectral-contrast bands,
+    spectral centroid, bandwidth, roll-off, zero-crossing rate and RMS (brightness, noisiness,
+    loudness); plus log2 tempo and onset-strength mean/std/max/rate (rhythm). Their scales
+    differ by orders of magnitude (Hz vs. unitless), so `fit` learns a per-dimension mean/std
+    on the catalog; `transform` applies it, then L2-normalises, so cosine similarity weighs
+    every descriptor equally.
+
+    Parameters
+    ----------
+    sr : int
+        Analysis sample rate (files are resampled to it).
+    max_seconds : float or None
+        Seconds read from the start of each file.
+    n_fft, hop_length : int
+        STFT size and hop, in samples at `sr`.
+    """
+
+    name = "features"
+    needs_fit = True
+
+    def __init__(self, sr: int = 22050, max_seconds: float | None = 30.0, n_fft: int = 2048,
+                 hop_length: int = 512) -> None:
+        self.sr = int(sr)
+        self.max_seconds = max_seconds
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.dim = len(FEATURE_NAMES)
+        self.standardizer: Standardizer | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {"sr": self.sr, "max_seconds": self.max_seconds, "n_fft": self.n_fft,
+                "hop_length": self.hop_length, "features": "v1"}
+
+    def fit(self, raw: np.ndarray) -> FeatureEmbedder:
+        """Fit the standardisation on raw catalog vectors ``(n, 93)``; returns self."""
+        self.standardizer = Standardizer().fit(raw)
+        return self
+
+    def get_state(self) -> dict[str, Any] | None:
+        return None if self.standardizer is None else {"standardizer": self.standardizer.to_dict()}
+
+    def set_state(self, state: dict[str, Any] | None) -> FeatureEmbedder:
+        self.standardizer = (None if state is None
+                             else Standardizer.from_dict(state["standardizer"]))
+        return self
+
+    def transform(self, raw: np.ndarray) -> np.ndarray:
+        self._require_fitted()
+        return l2_normalise(self.standardizer.transform(np.atleast_2d(raw)))
+
+    def embed_raw_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
+        y = resample(np.asarray(y, dtype=np.float32), int(sr), self.sr)
+        if len(y) < self.n_fft:  # librosa warns and misbehaves on clips shorter than a window
+            y = np.pad(y, (0, self.n_fft - len(y)))
+        sr, hop = self.sr, self.hop_length
+        mag = np.abs(librosa.stft(y, n_fft=self.n_fft, hop_length=hop))  # (bins, frames)
+        power = mag**2
+        mel = librosa.feature.melspectrogram(S=power, sr=sr)
+        mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=20)  # (20, frames)
+        chroma = librosa.feature.chroma_stft(S=power, sr=sr, tuning=0.0)  # (12, frames)
+        contrast = librosa.feature.spectral_contrast(S=mag, sr=sr)  # (7, frames)
+        scalars = np.vstack([
+            librosa.feature.spectral_centroid(S=mag, sr=sr),
+            librosa.feature.spectral_bandwidth(S=mag, sr=sr),
+            librosa.feature.spectral_rolloff(S=mag, sr=sr),
+            librosa.feature.zero_crossing_rate(y, frame_length=self.n_fft, hop_length=hop),
+            librosa.feature.rms(S=mag, frame_length=self.n_fft),
+        ])  # (5, frames)
+        onset = librosa.onset.onset_strength(S=librosa.power_to_db(mel), sr=sr)  # (frames,)
+        tempo = float(np.atleast_1d(librosa.feature.tempo(onset_envelope=onset, sr=sr,
+                                                          hop_length=hop))[0])
+        n_onsets = len(librosa.onset.onset_detect(onset_envelope=onset, sr=sr, hop_length=hop))
+        seconds = len(y) / sr
+        rhythm = [np.log2(max(tempo, 1.0)), onset.mean(), onset.std(), onset.max(),
+                  n_onsets / seconds]
+        vector = np.concatenate([
+            mfcc.mean(1), mfcc.std(1), chroma.mean(1), chroma.std(1),
+            contrast.mean(1), contrast.std(1),
+            np.column_stack([scalars.mean(1), scalars.std(1)]).ravel(),
+            rhythm,
+        ])
+        # silent input gives NaN chroma (0/0); a constant is as good as any for silence
+        return np.nan_to_num(vector, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# Model 1's pooled vector
+# ------------------------------------------------------------------------------------------
+
+
+class ClassifierEmbedder(Embedder):
+    """The pooled representation of a trained AI-vs-human classifier run (Model 1).
+
+    Parameters
+    ----------
+    run_dir : path
+        A run folder written by `helpers.train` (loaded with `helpers.train.load_run`).
+    device : str, optional
+        Torch device; ``None`` uses CPU.
+    """
+
+    name = "classifier"
+
+    def __init__(self, run_dir: str | os.PathLike, device: str | None = None) -> None:
+        from helpers.config import FrontEndConfig
+        from helpers.train import load_run
+
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.model, self.run_info = load_run(self.run_dir)
+        frontend = self.run_info.get("frontend", self.run_info.get("front_end"))
+        if frontend is None:
+            raise ValueError(f"{self.run_dir}: run info has no 'frontend' settings")
+        self.frontend = FrontEndConfig.from_dict(frontend)
+        self.max_seconds = self.frontend.duration
+        import torch
+
+        self._torch = torch
+        self.model = self.model.to(device or "cpu").eval()
+        with torch.no_grad():
+            probe = torch.zeros(1, self.frontend.n_mels, self.frontend.n_frames,
+                                device=device or "cpu")
+            self.dim = int(self.model.embed(probe).shape[-1])
+
+    def params(self) -> dict[str, Any]:
+        checkpoint = sorted(self.run_dir.glob("*.pt"))
+        return {
+            "run": self.run_dir.resolve().name,
+            "checkpoint": file_fingerprint(checkpoint[-1]) if checkpoint else None,
+            "frontend": self.frontend.to_dict(),
+        }
+
+    def embed_raw_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
+        from helpers.audio import fit_length, mel_db
+
+        f = self.frontend
+        clip = fit_length(resample(y, int(sr), f.sample_rate), f.n_samples, f.pad_mode)
+        mel = self._torch.from_numpy(mel_db(clip, f))[None].to(self.device or "cpu")
+        with self._torch.no_grad():
+            return self.model.embed(mel)[0].float().cpu().numpy()  # (dim,)
+
+    def embed_raw_file(self, path: str | os.PathLike) -> np.ndarray:
+        from helpers.audio import load_clip, mel_db
+
+        # the run's own front end (codec round trip, padding, silence checks included)
+        mel = self._torch.from_numpy(mel_db(load_clip(path, self.frontend), self.frontend))
+        with self._torch.no_grad():
+            out = self.model.embed(mel[None].to(self.device or "cpu"))  # (1, dim)
+        return out[0].float().cpu().numpy().astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# Registry
+# ------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, type[Embedder]] = {
+    "openl3": OpenL3Embedder,
+    "features": FeatureEmbedder,
+    "classifier": ClassifierEmbedder,
+}
+
+
+def make_embedder(name: str, **kwargs: Any) -> Embedder:
+    """Build an embedder by name.
+
+    Parameters
+    ----------
+    name : {"openl3", "features", "classifier"}
+    **kwargs
+        Constructor arguments of the class (e.g. ``run_dir=`` for "classifier").
+
+    Returns
+    -------
+    Embedder
+
+    Raises
+    ------
+    ValueError
+        Unknown name.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown embedder {name!r}; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**kwargs)
+
+
+def embedder_from_config(config: dict[str, Any], **overrides: Any) -> Embedder:
+    """Rebuild the embedder an index was built with, fitted state included.
+
+    Parameters
+    ----------
+    config : dict
+        An `Embedder.config` (as stored in an index's ``meta.json``).
+    **overrides
+        Runtime arguments the config does not record: ``device``, ``weights=`` (path of a
+        non-official OpenL3 weights file), ``cache_dir``, ``run_dir``.
+
+    Returns
+    -------
+    Embedder
+        Its config equals `config` (checked).
+
+    Raises
+    ------
+    ValueError
+        The rebuilt embedder does not reproduce `config` (e.g. different weights).
+    """
+    name, params = config["name"], dict(config.get("params") or {})
+    if name == "openl3":
+        ident = params.pop("weights", "official")
+        params.pop("pooling", None)
+        if ident != "official" and "weights" not in overrides:
+            raise ValueError(f"this index was built with OpenL3 weights {ident}; pass weights= "
+                             "with the path of that file")
+        kwargs = {**params, **overrides}
+    elif name == "features":
+        params.pop("features", None)
+        kwargs = {**params, **overrides}
+    elif name == "classifier":
+        if "run_dir" not in overrides:
+            raise ValueError(f"this index was built with classifier run {params.get('run')!r}; "
+                             "pass run_dir= with that run's folder")
+        kwargs = dict(overrides)
+    else:
+        raise ValueError(f"unknown embedder {name!r} in index config")
+    embedder = make_embedder(name, **kwargs).set_state(config.get("state"))
+    if embedder.config() != _canonical(config):
+        raise ValueError(f"rebuilt {name!r} embedder does not match the index: "
+                         f"{describe_config_difference(config, embedder.config())}")
+    return embedder
+
+
+def describe_config_difference(expected: dict[str, Any], got: dict[str, Any]) -> str:
+    """Human-readable list of the keys in which two embedder configs differ."""
+    expected, got = _canonical(expected), _canonical(got)
+    diffs = []
+    for key in ("name", "dim"):
+        if expected.get(key) != got.get(key):
+            diffs.append(f"{key}: index {expected.get(key)!r}, query {got.get(key)!r}")
+    pe, pg = expected.get("params") or {}, got.get("params") or {}
+    for key in sorted(set(pe) | set(pg)):
+        if pe.get(key) != pg.get(key):
+            diffs.append(f"params.{key}: index {pe.get(key)!r}, query {pg.get(key)!r}")
+    if expected.get("state") != got.get("state"):
+        if got.get("state") is None:
+            diffs.append("state: the query embedder is not fitted (the index's is)")
+        else:
+            diffs.append("state: fitted on a different catalog")
+    return "; ".join(diffs) or "no difference"
+
+
+def default_embedder(cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> Embedder:
+    """OpenL3 (HEAR settings) when its weights are cached, else classic features.
+
+    Parameters
+    ----------
+    cache_dir : path, optional
+        OpenL3 weights folder to look in (default: `helpers.openl3.weights_cache_dir`).
+    **kwargs
+        Passed to the chosen embedder (e.g. ``max_seconds``).
+
+    Returns
+    -------
+    Embedder
+        The choice and its reason are logged at INFO level.
+    """
+    from helpers.openl3 import weights_available, weights_path
+
+    if weights_available("mel256", "music", cache_dir):
+        log.info("embedder: openl3 (mel256/music/512 weights found in cache)")
+        return OpenL3Embedder(cache_dir=cache_dir, **kwargs)
+    log.info("embedder: features (no OpenL3 weights at %s; run helpers.openl3.download_weights "
+             "to use openl3)", weights_path("mel256", "music", cache_dir))
+    return FeatureEmbedder(**kwargs)

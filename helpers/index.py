@@ -1,0 +1,669 @@
+"""Catalog index: cosine nearest neighbours over human tracks, stored in a folder.
+
+An index folder is self-describing:
+
+* ``vectors.npy`` -- ``(n, dim)`` float32, unit-norm rows: the source of truth;
+* ``catalog.csv`` -- one row per vector: track_id, path, title, artist, genre, source;
+* ``meta.json`` -- embedder config (name, params, fitted state), dim, count, index type, date;
+* ``index.faiss`` -- only for HNSW, a cache of the graph (rebuilt from the vectors when absent
+  or stale); the exact index is rebuilt on load, which costs one copy of the matrix;
+* ``failures.csv`` -- files the last build could not read, with the reason.
+
+Every file is written atomically (temporary file + ``os.replace``), ``meta.json`` last, and
+loading checks that the files agree. Search is FAISS inner product on unit vectors, i.e.
+cosine similarity: exact (``IndexFlatIP``) by default, or HNSW (``IndexHNSWFlat`` with
+``METRIC_INNER_PRODUCT``) for catalogs of hundreds of thousands of tracks.
+
+`build_index` embeds a manifest's human tracks with a progress bar, checkpointing raw vectors
+in ``partial/`` every few files so that a killed build resumes where it stopped; re-running it
+on a bigger manifest embeds only the new paths.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from helpers.config import read_json, write_json_atomic
+from helpers.embed import (
+    Embedder,
+    _canonical,
+    describe_config_difference,
+    embedder_from_config,
+    l2_normalise,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CATALOG_COLUMNS = ("track_id", "path", "title", "artist", "genre", "source")
+INDEX_TYPES = ("flat", "hnsw")
+RESULT_COLUMNS = ("rank", "track_id", "similarity", "title", "artist", "genre", "path")
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    _atomic_bytes(path, buf.getvalue())
+
+
+def _save_csv(path: Path, frame: pd.DataFrame) -> None:
+    _atomic_bytes(path, frame.to_csv(index=False).encode())
+
+
+def _catalog_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """The catalog columns of a manifest, as strings, missing ones empty."""
+    out = pd.DataFrame(index=range(len(rows)))
+    for col in CATALOG_COLUMNS:
+        values = rows[col].to_numpy() if col in rows.columns else [""] * len(rows)
+        out[col] = pd.Series(values, dtype=object).fillna("").astype(str).to_numpy()
+    if (out["track_id"] == "").any():
+        missing = out["track_id"] == ""
+        out.loc[missing, "track_id"] = [Path(p).stem for p in out.loc[missing, "path"]]
+    return out
+
+
+class CatalogIndex:
+    """Cosine nearest-neighbour index over L2-normalised track vectors.
+
+    Parameters
+    ----------
+    vectors : np.ndarray, shape (n, dim)
+        Track vectors; rows are L2-normalised here (a no-op for embedder output).
+    catalog : pd.DataFrame
+        ``n`` rows with (at least) ``track_id`` and ``path``; ``title, artist, genre, source``
+        are filled with "" when absent.
+    embedder_config : dict
+        `Embedder.config` of the embedder that made the vectors.
+    index_type : {"flat", "hnsw"}
+        Exact search (default, right up to ~10^5 tracks) or the HNSW graph.
+    hnsw_m : int
+        HNSW neighbours per node (memory ~ ``2 * m * 4`` bytes per track on top of the vector).
+    ef_search : int
+        HNSW candidate list at query time: higher = better recall, slower.
+    ef_construction : int
+        HNSW candidate list while building.
+
+    Examples
+    --------
+    >>> index = CatalogIndex.load("runs/index")               # doctest: +SKIP
+    >>> index.search(query_vectors, k=5)[0]                    # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        catalog: pd.DataFrame,
+        embedder_config: dict[str, Any],
+        index_type: str = "flat",
+        hnsw_m: int = 32,
+        ef_search: int = 64,
+        ef_construction: int = 80,
+        created: str | None = None,
+    ) -> None:
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be (n, dim), got shape {vectors.shape}")
+        if len(catalog) != len(vectors):
+            raise ValueError(f"{len(vectors)} vectors but {len(catalog)} catalog rows")
+        self.embedder_config = _canonical(embedder_config)
+        if "dim" in self.embedder_config and self.embedder_config["dim"] != vectors.shape[1]:
+            raise ValueError(f"vectors have dim {vectors.shape[1]}, the embedder "
+                             f"{self.embedder_config['dim']}")
+        norms = np.linalg.norm(vectors, axis=1)
+        # normalising unit vectors again would change their last bits; only fix real drift
+        self.vectors = vectors if np.allclose(norms, 1.0, atol=1e-5) else l2_normalise(vectors)
+        self.catalog = _catalog_frame(catalog)
+        self.index_type = index_type
+        self.hnsw_m = int(hnsw_m)
+        self.ef_search = int(ef_search)
+        self.ef_construction = int(ef_construction)
+        self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._faiss: faiss.Index | None = None
+
+    # -- basics --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What ``meta.json`` holds."""
+        return {
+            "version": FORMAT_VERSION,
+            "embedder": self.embedder_config,
+            "dim": self.dim,
+            "count": len(self),
+            "index_type": self.index_type,
+            "hnsw": {"m": self.hnsw_m, "ef_search": self.ef_search,
+                     "ef_construction": self.ef_construction},
+            "created": self.created,
+            "metric": "cosine (inner product of L2-normalised vectors)",
+        }
+
+    def __repr__(self) -> str:
+        return (f"CatalogIndex({len(self)} tracks x {self.dim}, {self.index_type}, "
+                f"embedder={self.embedder_config.get('name')!r})")
+
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The FAISS index, built from `vectors` on first use."""
+        if self._faiss is None:
+            self._faiss = self._build_faiss(self.vectors)
+        return self._faiss
+
+    def _new_faiss(self) -> faiss.Index:
+        if self.index_type == "flat":
+            return faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        index.hnsw.efSearch = self.ef_search
+        return index
+
+    def _build_faiss(self, vectors: np.ndarray) -> faiss.Index:
+        index = self._new_faiss()
+        if len(vectors):
+            index.add(vectors)
+        return index
+
+    def set_ef_search(self, ef_search: int) -> None:
+        """Change HNSW's query-time candidate list (recall/speed trade-off)."""
+        self.ef_search = int(ef_search)
+        if self._faiss is not None and self.index_type == "hnsw":
+            self._faiss.hnsw.efSearch = self.ef_search
+
+    # -- embedder compatibility ----------------------------------------------------------
+    def check_embedder(self, embedder: Embedder) -> Embedder:
+        """Return an embedder whose vectors live in this index's space, or raise.
+
+        An unfitted embedder with the same name and parameters (e.g. a fresh
+        ``FeatureEmbedder()``) is given the index's fitted state (as a copy).
+
+        Raises
+        ------
+        ValueError
+            The embedder's config differs from the one the index was built with.
+        """
+        own = self.embedder_config
+        got = embedder.config()
+        same_space = {k: got[k] for k in ("name", "dim", "params")} == {
+            k: own.get(k) for k in ("name", "dim", "params")}
+        if same_space and got.get("state") is None and own.get("state") is not None:
+            embedder = embedder.with_state(own["state"])
+            got = embedder.config()
+        if got != own:
+            raise ValueError(
+                f"embedder {got['name']!r} does not match the index (built with "
+                f"{own.get('name')!r}): {describe_config_difference(own, got)}. Query with "
+                "the index's embedder, CatalogIndex.embedder()")
+        return embedder
+
+    def embedder(self, **overrides: Any) -> Embedder:
+        """Rebuild the index's embedder (fitted state included).
+
+        Parameters
+        ----------
+        **overrides
+            Runtime arguments the config does not store: ``device``, ``weights`` (path of a
+            custom OpenL3 weights file), ``cache_dir``, ``run_dir`` (classifier run).
+        """
+        return embedder_from_config(self.embedder_config, **overrides)
+
+    # -- search --------------------------------------------------------------------------
+    def search(
+        self,
+        query_vectors: np.ndarray,
+        k: int = 5,
+        exclude_track_ids: Sequence[str | None] | None = None,
+        exclude_paths: Sequence[str | os.PathLike | None] | None = None,
+    ) -> list[pd.DataFrame]:
+        """The `k` most similar catalog tracks for each query vector.
+
+        Parameters
+        ----------
+        query_vectors : np.ndarray, shape (n_queries, dim) or (dim,)
+            Query vectors from this index's embedder (normalised here).
+        k : int
+            Results per query (fewer if the catalog is smaller).
+        exclude_track_ids : sequence of (str or None), optional
+            One per query: a catalog track never returned for that query (the query itself).
+        exclude_paths : sequence of (path or None), optional
+            One per query: a catalog path never returned for that query.
+
+        Returns
+        -------
+        list of pd.DataFrame
+            One per query, columns ``rank`` (1-based), ``track_id``, ``similarity`` (cosine,
+            descending), ``title``, ``artist``, ``genre``, ``path``.
+        """
+        q = l2_normalise(np.atleast_2d(np.asarray(query_vectors, dtype=np.float32)))
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query vectors have dim {q.shape[1]}, the index {self.dim}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        n_q = len(q)
+        excl_ids = list(exclude_track_ids) if exclude_track_ids is not None else [None] * n_q
+        excl_paths = list(exclude_paths) if exclude_paths is not None else [None] * n_q
+        if len(excl_ids) != n_q or len(excl_paths) != n_q:
+            raise ValueError("exclude_track_ids / exclude_paths need one entry per query")
+        # Catalog rows to drop per query; track ids and paths are unique in a catalog, so at
+        # most two rows per query are dropped, and asking FAISS for k + 2 is enough.
+        id_to_row = dict(zip(self.catalog["track_id"], range(len(self))))
+        path_to_row = dict(zip(self.catalog["path"], range(len(self))))
+        drop = []
+        for tid, path in zip(excl_ids, excl_paths):
+            rows = set()
+            if tid is not None and str(tid) in id_to_row:
+                rows.add(id_to_row[str(tid)])
+            if path is not None and os.fspath(path) in path_to_row:
+                rows.add(path_to_row[os.fspath(path)])
+            drop.append(rows)
+        k_search = min(len(self), k + max((len(d) for d in drop), default=0))
+        if k_search == 0:
+            return [pd.DataFrame(columns=list(RESULT_COLUMNS)) for _ in range(n_q)]
+        sims, idx = self.faiss_index.search(q, k_search)  # (n_queries, k_search) each
+        results = []
+        for i in range(n_q):
+            keep = [(j, s) for j, s in zip(idx[i], sims[i]) if j >= 0 and j not in drop[i]][:k]
+            rows = [int(j) for j, _ in keep]
+            frame = self.catalog.iloc[rows][["track_id", "title", "artist", "genre", "path"]]
+            frame = frame.reset_index(drop=True)
+            frame.insert(0, "rank", np.arange(1, len(rows) + 1))
+            frame.insert(2, "similarity", np.array([s for _, s in keep], dtype=np.float32))
+            results.append(frame[list(RESULT_COLUMNS)])
+        return results
+
+    # -- growth --------------------------------------------------------------------------
+    def add(self, vectors: np.ndarray, catalog_rows: pd.DataFrame) -> None:
+        """Append tracks (vectors from this index's embedder, one catalog row each).
+
+        Raises
+        ------
+        ValueError
+            Wrong dimension, row-count mismatch, or a path/track_id already in the index.
+        """
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5):
+            vectors = l2_normalise(vectors)
+        rows = _catalog_frame(catalog_rows.reset_index(drop=True))
+        if vectors.shape[1] != self.dim or len(rows) != len(vectors):
+            raise ValueError(f"add: got {vectors.shape} vectors for {len(rows)} rows, "
+                             f"index dim {self.dim}")
+        for col in ("path", "track_id"):
+            clash = set(rows[col]) & set(self.catalog[col])
+            if clash or rows[col].duplicated().any():
+                raise ValueError(f"add: duplicate {col} {sorted(clash)[:3]}")
+        self.vectors = np.concatenate([self.vectors, vectors])
+        self.catalog = pd.concat([self.catalog, rows], ignore_index=True)
+        if self._faiss is not None:
+            self._faiss.add(vectors)
+
+    # -- storage -------------------------------------------------------------------------
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write the index folder (each file atomically, ``meta.json`` last).
+
+        Returns
+        -------
+        Path
+            The folder.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _save_npy(out / "vectors.npy", self.vectors)
+        _save_csv(out / "catalog.csv", self.catalog)
+        faiss_path = out / "index.faiss"
+        if self.index_type == "hnsw":
+            tmp = faiss_path.with_name(f".index.faiss.{os.getpid()}.tmp")
+            faiss.write_index(self.faiss_index, str(tmp))
+            os.replace(tmp, faiss_path)
+        elif faiss_path.exists():
+            faiss_path.unlink()
+        write_json_atomic(out / "meta.json", self.meta)
+        return out
+
+    @classmethod
+    def load(cls, index_dir: str | os.PathLike, ef_search: int | None = None) -> CatalogIndex:
+        """Load an index folder and check that its files agree.
+
+        Parameters
+        ----------
+        index_dir : path
+            A folder written by `save` / `build_index`.
+        ef_search : int, optional
+            Override the stored HNSW ``efSearch``.
+
+        Raises
+        ------
+        FileNotFoundError
+            The folder or one of its files is missing.
+        ValueError
+            A damaged or truncated file, or files that disagree (counts, dimension); the
+            message names the file.
+        """
+        d = Path(index_dir)
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such index folder (build it with build_index)")
+        for name in ("meta.json", "vectors.npy", "catalog.csv"):
+            if not (d / name).is_file():
+                raise FileNotFoundError(f"{d / name}: missing; the index is incomplete, "
+                                        "rebuild it with build_index")
+        meta = read_json(d / "meta.json")
+        for key in ("embedder", "dim", "count", "index_type"):
+            if key not in meta:
+                raise ValueError(f"{d / 'meta.json'}: no {key!r} entry; not an index meta file")
+        if meta.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{d / 'meta.json'}: format version {meta['version']} is newer "
+                             f"than this code ({FORMAT_VERSION}); update helpers")
+        try:
+            vectors = np.load(d / "vectors.npy", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"{d / 'vectors.npy'}: damaged or truncated ({err}); rebuild the "
+                             "index") from err
+        try:
+            catalog = pd.read_csv(d / "catalog.csv", dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ValueError(f"{d / 'catalog.csv'}: damaged ({err}); rebuild the index") from err
+        if vectors.ndim != 2 or vectors.dtype != np.float32:
+            raise ValueError(f"{d / 'vectors.npy'}: expected a 2-D float32 array, got "
+                             f"{vectors.dtype} {vectors.shape}")
+        if vectors.shape != (meta["count"], meta["dim"]):
+            raise ValueError(f"{d / 'vectors.npy'}: shape {vectors.shape} but meta.json says "
+                             f"({meta['count']}, {meta['dim']}); rebuild the index")
+        if len(catalog) != meta["count"]:
+            raise ValueError(f"{d / 'catalog.csv'}: {len(catalog)} rows but meta.json says "
+                             f"{meta['count']}; rebuild the index")
+        missing = set(CATALOG_COLUMNS) - set(catalog.columns)
+        if missing:
+            raise ValueError(f"{d / 'catalog.csv'}: missing columns {sorted(missing)}")
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"{d / 'vectors.npy'}: holds NaN/Inf; rebuild the index")
+        hnsw = meta.get("hnsw", {})
+        index = cls(vectors, catalog, meta["embedder"], index_type=meta["index_type"],
+                    hnsw_m=hnsw.get("m", 32), ef_search=hnsw.get("ef_search", 64),
+                    ef_construction=hnsw.get("ef_construction", 80), created=meta.get("created"))
+        if index.index_type == "hnsw" and (d / "index.faiss").is_file():
+            try:
+                cached = faiss.read_index(str(d / "index.faiss"))
+                if cached.ntotal == len(index) and cached.d == index.dim:
+                    index._faiss = cached
+                else:
+                    log.warning("%s is stale; rebuilding the HNSW graph", d / "index.faiss")
+            except RuntimeError as err:
+                log.warning("%s unreadable (%s); rebuilding the HNSW graph",
+                            d / "index.faiss", err)
+        if ef_search is not None:
+            index.ef_search = int(ef_search)
+        if index._faiss is not None and index.index_type == "hnsw":
+            index._faiss.hnsw.efSearch = index.ef_search
+        return index
+
+
+# ------------------------------------------------------------------------------------------
+# Building, with checkpoints
+# ------------------------------------------------------------------------------------------
+
+
+class _Partial:
+    """Raw vectors of a build in progress, in ``partial/chunk_NNNNNN.npz`` files.
+
+    Each chunk holds the paths it covers, the raw vectors of the readable ones and the errors
+    of the others; chunks are written atomically, so a kill loses at most the chunk in work.
+    """
+
+    def __init__(self, folder: Path, embedder: Embedder) -> None:
+        self.folder = folder
+        self.spec = {k: embedder.config()[k] for k in ("name", "dim", "params")}
+
+    def load(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Done paths -> raw vector, failed paths -> error, from earlier runs."""
+        vectors: dict[str, np.ndarray] = {}
+        errors: dict[str, str] = {}
+        if not self.folder.is_dir():
+            return vectors, errors
+        spec_path = self.folder / "embedder.json"
+        if spec_path.is_file() and read_json(spec_path) != _canonical(self.spec):
+            raise ValueError(
+                f"{self.folder}: a build with another embedder was interrupted here "
+                f"({describe_config_difference(read_json(spec_path), self.spec)}); delete the "
+                "folder or build with the same embedder")
+        for chunk in sorted(self.folder.glob("chunk_*.npz")):
+            try:
+                with np.load(chunk, allow_pickle=False) as z:
+                    ok_paths = z["ok_paths"].tolist()
+                    raw = z["vectors"]
+                    bad_paths, bad_errors = z["bad_paths"].tolist(), z["bad_errors"].tolist()
+            except (ValueError, OSError, KeyError, EOFError) as err:
+                log.warning("ignoring damaged checkpoint %s (%s); its files are redone",
+                            chunk, err)
+                continue
+            vectors.update(zip(ok_paths, raw))
+            errors.update(zip(bad_paths, bad_errors))
+        return vectors, errors
+
+    def write(self, number: int, ok_paths: list[str], raw: list[np.ndarray],
+              errors: list[tuple[str, str]]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not (self.folder / "embedder.json").is_file():
+            write_json_atomic(self.folder / "embedder.json", self.spec)
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            ok_paths=np.array(ok_paths, dtype=str),
+            vectors=(np.stack(raw).astype(np.float32) if raw
+                     else np.zeros((0, self.spec["dim"]), np.float32)),
+            bad_paths=np.array([p for p, _ in errors], dtype=str),
+            bad_errors=np.array([e for _, e in errors], dtype=str),
+        )
+        _atomic_bytes(self.folder / f"chunk_{number:06d}.npz", buf.getvalue())
+
+    def next_number(self) -> int:
+        numbers = [int(p.stem.split("_")[1]) for p in self.folder.glob("chunk_*.npz")]
+        return max(numbers, default=-1) + 1
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def build_index(
+    manifest_df: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    embedder: Embedder,
+    label: str | None = "human",
+    progress: bool = True,
+    checkpoint_every: int = 64,
+    index_type: str = "flat",
+    hnsw_m: int = 32,
+    ef_search: int = 64,
+    hnsw: bool = False,
+) -> CatalogIndex:
+    """Embed a manifest's tracks into an index folder; resumable and incremental.
+
+    Parameters
+    ----------
+    manifest_df : pd.DataFrame
+        A manifest (`helpers.datasets.load_manifest`): ``path`` plus optional ``label``,
+        ``track_id``, ``title``, ``artist``, ``genre``, ``source``.
+    out_dir : path
+        Index folder. If it already holds an index, only paths not in it are embedded and
+        appended (the embedder must match the index's; a fitted standardisation is kept).
+    embedder : Embedder
+        E.g. ``make_embedder("features")``. An embedder that needs fitting is fitted on the
+        catalog's raw vectors (in place, scikit-learn style) when the index is new.
+    label : str or None
+        Keep only rows with this ``label`` ("human": the catalog recommends human music);
+        ``None`` keeps every row.
+    progress : bool
+        Show a tqdm progress bar.
+    checkpoint_every : int
+        Files per checkpoint chunk in ``out_dir/partial``; a killed build loses at most this
+        many files of work.
+    index_type, hnsw_m, ef_search
+        For a new index: see `CatalogIndex`.
+    hnsw : bool
+        Shorthand for ``index_type="hnsw"`` (the CLI's ``--hnsw``).
+
+    Returns
+    -------
+    CatalogIndex
+        Also saved in `out_dir`; unreadable files are listed in ``out_dir/failures.csv``.
+
+    Raises
+    ------
+    ValueError
+        No rows to index, an embedder that does not match an existing index or checkpoint,
+        or no file could be embedded.
+    """
+    out = Path(out_dir)
+    if hnsw:
+        index_type = "hnsw"
+    rows = manifest_df
+    if label is not None and "label" in rows.columns:
+        rows = rows[rows["label"].astype(str) == label]
+    rows = _catalog_frame(rows.reset_index(drop=True)).drop_duplicates("path")
+    if rows.empty:
+        raise ValueError(f"no rows with label {label!r} in the manifest to index")
+
+    existing = CatalogIndex.load(out) if (out / "meta.json").is_file() else None
+    if existing is not None:
+        embedder = existing.check_embedder(embedder)
+        rows = rows[~rows["path"].isin(set(existing.catalog["path"]))]
+        rows = rows[~rows["track_id"].isin(set(existing.catalog["track_id"]))]
+        if rows.empty:
+            log.info("%s: all %d tracks already indexed", out, len(existing))
+            return existing
+    rows = rows.reset_index(drop=True)
+
+    partial = _Partial(out / "partial", embedder)
+    done, failed = partial.load()
+    todo = [p for p in rows["path"] if p not in done and p not in failed]
+    if done or failed:
+        log.info("resuming: %d files already embedded, %d failed, %d to go",
+                 len(done), len(failed), len(todo))
+    number = partial.next_number() if partial.folder.is_dir() else 0
+    ok_paths: list[str] = []
+    raw: list[np.ndarray] = []
+    errors: list[tuple[str, str]] = []
+    bar = tqdm(todo, desc=f"index ({embedder.name})", unit="file", disable=not progress)
+    for path in bar:
+        try:
+            raw.append(embedder.embed_raw_file(path))
+            ok_paths.append(path)
+        except (ValueError, OSError, RuntimeError, EOFError) as err:
+            log.warning("skipping %s: %s", path, err)
+            errors.append((path, str(err)))
+        if len(ok_paths) + len(errors) >= checkpoint_every:
+            partial.write(number, ok_paths, raw, errors)
+            done.update(zip(ok_paths, raw))
+            failed.update(errors)
+            number, ok_paths, raw, errors = number + 1, [], [], []
+    if ok_paths or errors:
+        partial.write(number, ok_paths, raw, errors)
+        done.update(zip(ok_paths, raw))
+        failed.update(errors)
+
+    keep = rows["path"].isin(done.keys()).to_numpy()
+    new_rows = rows[keep].reset_index(drop=True)
+    new_raw = (np.stack([done[p] for p in new_rows["path"]]) if len(new_rows)
+               else np.zeros((0, embedder.dim), np.float32))
+    failures = rows[rows["path"].isin(failed.keys())][["path", "track_id"]].copy()
+    failures["error"] = [failed[p] for p in failures["path"]]
+    out.mkdir(parents=True, exist_ok=True)
+    _save_csv(out / "failures.csv", failures)
+    if len(failures):
+        log.warning("%d of %d files could not be embedded; see %s", len(failures), len(rows),
+                    out / "failures.csv")
+
+    if existing is not None:
+        index = existing
+        if len(new_rows):
+            index.add(embedder.transform(new_raw), new_rows)
+    else:
+        if not len(new_rows):
+            raise ValueError(f"none of the {len(rows)} files could be embedded; see "
+                             f"{out / 'failures.csv'}")
+        if embedder.needs_fit and not embedder.is_fitted:
+            embedder.fit(new_raw)
+        index = CatalogIndex(embedder.transform(new_raw), new_rows, embedder.config(),
+                             index_type=index_type, hnsw_m=hnsw_m, ef_search=ef_search)
+    index.save(out)
+    partial.remove()
+    log.info("%s: %d tracks indexed (%d new, %d failed)", out, len(index), len(new_rows),
+             len(failures))
+    return index
+
+
+def recommend(
+    paths_or_vectors: Sequence[str | os.PathLike] | np.ndarray,
+    index: CatalogIndex,
+    embedder: Embedder | None = None,
+    k: int = 5,
+) -> pd.DataFrame:
+    """Recommend the `k` most similar catalog tracks for audio files or query vectors.
+
+    Parameters
+    ----------
+    paths_or_vectors : list of path, or np.ndarray of shape (n, dim)
+        Query audio files, or vectors already in the index's space.
+    index : CatalogIndex
+    embedder : Embedder, optional
+        Used for paths; ``None`` rebuilds the index's own (`CatalogIndex.embedder`). One with
+        a different config is refused.
+    k : int
+        Recommendations per query.
+
+    Returns
+    -------
+    pd.DataFrame
+        Columns ``query`` (the path, or the row number for vectors), ``rank``, ``track_id``,
+        ``similarity``, ``title``, ``artist``, ``genre``, ``path``. A query file that is in
+        the catalog is never recommended to itself. Unreadable query files are logged and
+        left out.
+
+    Raises
+    ------
+    ValueError
+        Embedder mismatch, or none of the query files could be read.
+    """
+    if isinstance(paths_or_vectors, np.ndarray):
+        vectors = np.atleast_2d(paths_or_vectors)
+        queries: list[Any] = list(range(len(vectors)))
+        exclude_paths: list[str | None] = [None] * len(vectors)
+    else:
+        paths = [os.path.abspath(Path(p).expanduser()) for p in paths_or_vectors]
+        embedder = index.embedder() if embedder is None else index.check_embedder(embedder)
+        vectors, ok, errors = embedder.embed_files(paths, progress=len(paths) > 20)
+        if not ok.any():
+            raise ValueError("no query file could be read: "
+                             + "; ".join(f"{p}: {e}" for p, e in errors))
+        queries = [p for p, good in zip(paths, ok) if good]
+        exclude_paths = list(queries)
+    results = index.search(vectors, k=k, exclude_paths=exclude_paths)
+    frames = [r.assign(query=q) for q, r in zip(queries, results)]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return table[["query", *RESULT_COLUMNS]]
+

@@ -1,0 +1,119 @@
+"""Manifests: one format for every source, with clear errors for bad tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from helpers.datasets import (
+    ManifestError,
+    assign_splits,
+    balance,
+    folder_manifest,
+    load_manifest,
+    manifest_fingerprint,
+    write_manifest,
+)
+
+
+def _csv(tmp_path, text: str):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    return path
+
+
+def test_relative_paths_resolve_against_the_manifest_folder(tmp_path):
+    m = load_manifest(_csv(tmp_path, "path,label,split\na/x.wav,ai,train\nb.wav,human,test\n"))
+    assert m["path"].tolist() == [str(tmp_path / "a" / "x.wav"), str(tmp_path / "b.wav")]
+    assert m["track_id"].tolist() == ["x", "b"]
+    for column in ("title", "artist", "genre", "source"):
+        assert column in m.columns
+
+
+def test_label_and_split_aliases_are_normalised(tmp_path):
+    m = load_manifest(_csv(tmp_path, "path,label,split\nx.wav,Fake,valid\ny.wav,real,TRAIN\n"))
+    assert m["label"].tolist() == ["ai", "human"]
+    assert m["split"].tolist() == ["val", "train"]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("file,label,split\nx.wav,ai,train\n", "missing column(s) ['path']"),
+        ("path,label\nx.wav,ai\n", "missing column(s) ['split']"),
+        ("path,label,split\nx.wav,robot,train\n", "unknown label"),
+        ("path,label,split\nx.wav,ai,holdout\n", "unknown split"),
+        ("path,label,split\nx.wav,ai,train\nx.wav,human,test\n", "duplicate path"),
+        ("path,label,split\n", "no rows"),
+    ],
+)
+def test_bad_manifests_get_one_clear_error(tmp_path, text, fragment):
+    path = _csv(tmp_path, text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(path) in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_missing_files_are_reported_when_asked(tmp_path):
+    path = _csv(tmp_path, "path,label,split\nghost.wav,ai,train\n")
+    load_manifest(path)  # by default a missing file is found (and skipped) when read
+    with pytest.raises(ManifestError, match="do not exist"):
+        load_manifest(path, check_files=True)
+
+
+def test_folder_with_ai_and_human_subfolders(audio_folder):
+    m = load_manifest(audio_folder)
+    assert set(m["label"]) == {"ai", "human"}
+    assert (m["label"] == "ai").sum() == 6
+    assert set(m["split"]) <= {"train", "val", "test"}
+    assert m["path"].str.startswith(str(audio_folder)).all()
+
+
+def test_folder_split_and_genre_subfolders(tmp_path):
+    for rel in ("ai/test/a.wav", "human/jazz/b.wav", "human/train/rock/c.wav"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    m = folder_manifest(tmp_path).set_index("track_id")
+    assert m.loc["ai/test/a", "split"] == "test"
+    assert m.loc["human/jazz/b", "genre"] == "jazz"
+    assert m.loc["human/train/rock/c", ["split", "genre"]].tolist() == ["train", "rock"]
+
+
+def test_hash_splits_are_stable_and_roughly_proportional():
+    keys = [f"song{i}" for i in range(3000)]
+    splits = assign_splits(keys)
+    assert splits == assign_splits(keys)
+    assert assign_splits(keys[:10]) == splits[:10]  # adding files never moves old ones
+    shares = pd.Series(splits).value_counts(normalize=True)
+    assert abs(shares["train"] - 0.7) < 0.03 and abs(shares["test"] - 0.15) < 0.03
+
+
+def test_written_manifest_reloads_identically(tmp_path, audio_folder):
+    m = load_manifest(audio_folder)
+    out = write_manifest(m, tmp_path / "copy" / "manifest.csv")
+    again = load_manifest(out)
+    pd.testing.assert_frame_equal(m[["path", "label", "split"]], again[["path", "label", "split"]])
+    assert manifest_fingerprint(m) == manifest_fingerprint(again)
+
+
+def test_fingerprint_ignores_row_order_but_not_labels(audio_folder):
+    m = load_manifest(audio_folder)
+    assert manifest_fingerprint(m) == manifest_fingerprint(m.iloc[::-1])
+    flipped = m.copy()
+    flipped.loc[0, "label"] = "human" if flipped.loc[0, "label"] == "ai" else "ai"
+    assert manifest_fingerprint(m) != manifest_fingerprint(flipped)
+
+
+def test_balance_limits_training_clips_per_class():
+    frame = pd.DataFrame({
+        "path": [f"{i}.wav" for i in range(200)],
+        "label": ["ai"] * 150 + ["human"] * 50,
+        "split": (["train"] * 100 + ["test"] * 50) + (["train"] * 40 + ["test"] * 10),
+    })
+    small = balance(frame, per_class=20, seed=0)
+    counts = small.groupby(["split", "label"]).size()
+    assert counts[("train", "ai")] == 20
+    assert counts[("train", "human")] == 8
+    assert counts[("test", "ai")] == 10
+    assert balance(frame, per_class=20, seed=0).equals(small)

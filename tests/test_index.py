@@ -1,0 +1,225 @@
+"""CatalogIndex and build_index: exact cosine search, storage checks, resumable builds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.neighbors import NearestNeighbors
+
+from helpers.audio import AudioError
+from helpers.embed import Embedder, l2_normalise
+from helpers.index import CatalogIndex, build_index, recommend
+
+DIM = 16
+
+
+class Crash(Exception):
+    """Stands in for a kill: not a file error, so the build does not swallow it."""
+
+
+class FakeEmbedder(Embedder):
+    """Deterministic vectors from the file name; counts calls; can crash after N files."""
+
+    name = "fake"
+
+    def __init__(self, variant: int = 0, fail_after: int | None = None) -> None:
+        self.variant = variant
+        self.fail_after = fail_after
+        self.dim = DIM
+        self.calls = 0
+
+    def params(self):
+        return {"variant": self.variant}
+
+    def embed_raw_file(self, path):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise Crash(f"killed after {self.calls} files")
+        self.calls += 1
+        if "bad" in Path(path).name:
+            raise AudioError(path, "cannot decode audio")
+        seed = int(hashlib.sha256(f"{path}{self.variant}".encode()).hexdigest()[:8], 16)
+        return np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+
+
+def manifest(n: int, bad: tuple[int, ...] = ()) -> pd.DataFrame:
+    names = [f"/music/{'bad' if i in bad else 'song'}_{i:03d}.wav" for i in range(n)]
+    return pd.DataFrame({
+        "path": names,
+        "label": "human",
+        "split": "train",
+        "track_id": [f"t{i:03d}" for i in range(n)],
+        "title": [f"Song {i}" for i in range(n)],
+        "artist": [f"artist{i % 4}" for i in range(n)],
+        "genre": [f"g{i % 3}" for i in range(n)],
+        "source": "test",
+    })
+
+
+def random_index(n=300, dim=DIM, seed=0, **kwargs) -> CatalogIndex:
+    rng = np.random.default_rng(seed)
+    vectors = l2_normalise(rng.normal(size=(n, dim)))
+    catalog = manifest(n)
+    return CatalogIndex(vectors, catalog, FakeEmbedder().config(), **kwargs)
+
+
+def test_exact_search_equals_sklearn_brute_force_cosine():
+    index = random_index()
+    rng = np.random.default_rng(1)
+    queries = rng.normal(size=(20, DIM)).astype(np.float32)
+    results = index.search(queries, k=7)
+    nn = NearestNeighbors(n_neighbors=7, metric="cosine", algorithm="brute").fit(index.vectors)
+    dist, idx = nn.kneighbors(queries)
+    for res, d, i in zip(results, dist, idx):
+        assert list(res["track_id"]) == list(index.catalog["track_id"].iloc[i])
+        np.testing.assert_allclose(res["similarity"], 1 - d, atol=1e-5)
+        assert list(res["rank"]) == list(range(1, 8))
+
+
+def test_query_from_the_catalog_never_returns_itself():
+    index = random_index()
+    rows = [3, 50, 299]
+    with_self = index.search(index.vectors[rows], k=6)
+    results = index.search(index.vectors[rows], k=5,
+                           exclude_track_ids=list(index.catalog["track_id"].iloc[rows]))
+    by_path = index.search(index.vectors[rows], k=5,
+                           exclude_paths=list(index.catalog["path"].iloc[rows]))
+    for r, res, res_p, full in zip(rows, results, by_path, with_self):
+        assert full["track_id"].iloc[0] == index.catalog["track_id"].iloc[r]
+        assert index.catalog["track_id"].iloc[r] not in set(res["track_id"])
+        assert list(res["track_id"]) == list(full["track_id"].iloc[1:])
+        assert list(res_p["track_id"]) == list(res["track_id"])
+
+
+def test_hnsw_recall_at_5_is_high_on_small_data():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32))
+    vectors = l2_normalise(centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 32)))
+    catalog = manifest(3000)
+    exact = CatalogIndex(vectors, catalog, {"name": "x", "dim": 32})
+    hnsw = CatalogIndex(vectors, catalog, {"name": "x", "dim": 32}, index_type="hnsw",
+                        hnsw_m=16, ef_search=64)
+    queries = l2_normalise(centres[rng.integers(0, 20, 200)] + 0.3 * rng.normal(size=(200, 32)))
+    truth = exact.search(queries, k=5)
+    approx = hnsw.search(queries, k=5)
+    recall = np.mean([len(set(t["track_id"]) & set(a["track_id"])) / 5
+                      for t, a in zip(truth, approx)])
+    assert recall >= 0.95
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_save_load_round_trip(tmp_path, index_type):
+    index = random_index(index_type=index_type)
+    index.save(tmp_path / "idx")
+    loaded = CatalogIndex.load(tmp_path / "idx")
+    np.testing.assert_array_equal(loaded.vectors, index.vectors)
+    pd.testing.assert_frame_equal(loaded.catalog, index.catalog)
+    assert loaded.embedder_config == index.embedder_config
+    assert loaded.index_type == index_type
+    q = index.vectors[:4]
+    for a, b in zip(index.search(q, k=5), loaded.search(q, k=5)):
+        pd.testing.assert_frame_equal(a, b)
+    assert not list((tmp_path / "idx").glob("*.tmp")) and not list((tmp_path / "idx").glob(".*"))
+
+
+def test_truncated_vectors_file_is_a_clear_error(tmp_path):
+    random_index().save(tmp_path)
+    data = (tmp_path / "vectors.npy").read_bytes()
+    (tmp_path / "vectors.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="vectors.npy"):
+        CatalogIndex.load(tmp_path)
+
+
+def test_meta_count_mismatch_is_a_clear_error(tmp_path):
+    random_index().save(tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta["count"] += 1
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"vectors\.npy.*meta\.json says"):
+        CatalogIndex.load(tmp_path)
+
+
+def test_catalog_rows_mismatch_and_missing_files_are_clear_errors(tmp_path):
+    random_index().save(tmp_path)
+    catalog = pd.read_csv(tmp_path / "catalog.csv")
+    catalog.iloc[:-1].to_csv(tmp_path / "catalog.csv", index=False)
+    with pytest.raises(ValueError, match="catalog.csv"):
+        CatalogIndex.load(tmp_path)
+    (tmp_path / "meta.json").unlink()
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        CatalogIndex.load(tmp_path)
+
+
+def test_query_embedder_with_another_config_is_refused(tmp_path):
+    index = build_index(manifest(5), tmp_path, FakeEmbedder(variant=0), progress=False)
+    assert isinstance(index.check_embedder(FakeEmbedder(variant=0)), FakeEmbedder)
+    with pytest.raises(ValueError, match="does not match the index.*params.variant"):
+        index.check_embedder(FakeEmbedder(variant=1))
+    with pytest.raises(ValueError, match="does not match"):
+        recommend(["/music/query.wav"], index, FakeEmbedder(variant=1))
+    with pytest.raises(ValueError, match="dim"):
+        index.search(np.ones((1, DIM + 1), np.float32))
+
+
+def test_build_resumes_after_a_crash_without_re_embedding(tmp_path):
+    rows = manifest(10)
+    reference = build_index(rows, tmp_path / "ref", FakeEmbedder(), progress=False)
+
+    crashing = FakeEmbedder(fail_after=7)
+    with pytest.raises(Crash):
+        build_index(rows, tmp_path / "idx", crashing, progress=False, checkpoint_every=3)
+    assert not (tmp_path / "idx" / "meta.json").exists()
+    assert len(list((tmp_path / "idx" / "partial").glob("chunk_*.npz"))) == 2  # 6 files saved
+
+    resumed = FakeEmbedder()
+    index = build_index(rows, tmp_path / "idx", resumed, progress=False, checkpoint_every=3)
+    assert resumed.calls == 4  # only the files after the last checkpoint
+    np.testing.assert_array_equal(index.vectors, reference.vectors)
+    pd.testing.assert_frame_equal(index.catalog, reference.catalog)
+    assert not (tmp_path / "idx" / "partial").exists()
+
+
+def test_re_running_with_a_bigger_manifest_embeds_only_new_tracks(tmp_path):
+    rows = manifest(10)
+    full = build_index(rows, tmp_path / "full", FakeEmbedder(), progress=False)
+    build_index(rows.iloc[:6], tmp_path / "idx", FakeEmbedder(), progress=False)
+    again = FakeEmbedder()
+    index = build_index(rows, tmp_path / "idx", again, progress=False)
+    assert again.calls == 4
+    assert len(CatalogIndex.load(tmp_path / "idx")) == 10
+    np.testing.assert_array_equal(index.vectors, full.vectors)
+    nothing_new = FakeEmbedder()
+    build_index(rows, tmp_path / "idx", nothing_new, progress=False)
+    assert nothing_new.calls == 0
+
+
+def test_add_appends_searchable_tracks():
+    index = random_index(n=20)
+    _ = index.faiss_index  # built before the add: the add must update it too
+    new = l2_normalise(np.random.default_rng(5).normal(size=(2, DIM)))
+    rows = manifest(22).iloc[20:]
+    index.add(new, rows)
+    assert len(index) == 22
+    assert index.search(new[:1], k=1)[0]["track_id"].iloc[0] == "t020"
+    with pytest.raises(ValueError, match="duplicate"):
+        index.add(new[:1], rows.iloc[:1])
+
+
+def test_bad_file_is_logged_and_skipped(tmp_path, caplog):
+    index = build_index(manifest(6, bad=(2,)), tmp_path, FakeEmbedder(), progress=False)
+    assert len(index) == 5 and "t002" not in set(index.catalog["track_id"])
+    failures = pd.read_csv(tmp_path / "failures.csv")
+    assert list(failures["track_id"]) == ["t002"]
+    assert "cannot decode" in failures["error"].iloc[0]
+    assert "bad_002" in caplog.text
+
+
+def test_only_the_requested_label_is_indexed(tmp_path):
+    rows = manifest(6)
+    rows.loc[[0, 1], "label"] = "ai"
+    index = build_index(rows, tmp_path, FakeEmbedder(), progress=False)
+    assert set(index.catalog["track_id"]) == {"t002", "t003", "t004", "t005"}
