@@ -14,18 +14,20 @@ Two pipelines, same output (a 30 s, 16 kHz clip and `mel_db` with ``FrontEndConf
   cut to 30 s, + ``mel_db``: what a straightforward script does.
 
 Both run in one process, interleaved per repeat on the same files with a warm page cache, and
-the speed-up is the ratio measured in this run. Peak RSS is measured per pipeline in a fresh
-(spawned) process. Finally ``helpers.cache.preprocess`` (2 workers) runs on ~40 clips to give a
-parallel throughput and the bytes each cached clip takes. Results go to
+the speed-up is the ratio measured in this run (wall and CPU time; CPU time is steadier when
+other jobs share the machine). A third timing, ``ours_blas1``, runs ours with OpenBLAS limited
+to one thread, because the mel matmul is a small GEMM that threads slow down. Peak RSS is
+Linux's high-water mark, reset before each pipeline. Finally ``helpers.cache.preprocess``
+(2 workers) runs on ~40 clips to give a parallel throughput and the bytes each cached clip
+takes. Results go to
 ``benchmarks/results/preprocess.json``. Run from the repository root::
 
-    python -m benchmarks.preprocess            # ~2-3 minutes on 2 cores, after the download
+    python -m benchmarks.preprocess     # ~3-4 minutes on 2 busy cores, after the download
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import platform
 import resource
@@ -41,6 +43,7 @@ import librosa
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from threadpoolctl import threadpool_limits
 
 from helpers.audio import fit_length, load_clip, mel_db, read_audio, resample
 from helpers.config import FrontEndConfig, write_json_atomic
@@ -89,27 +92,42 @@ def baseline(path: str, config: FrontEndConfig) -> np.ndarray:
     return mel_db(fit_length(y, config.n_samples), config)
 
 
+def _mel_blas1(clip: np.ndarray, config: FrontEndConfig) -> np.ndarray:
+    with threadpool_limits(1, user_api="blas"):
+        return mel_db(clip, config)
+
+
+def ours_blas1(path: str, config: FrontEndConfig) -> np.ndarray:
+    # The mel matmul is a small GEMM: OpenBLAS threads cost more than they save on a busy box.
+    with threadpool_limits(1, user_api="blas"):
+        return ours(path, config)
+
+
 PIPELINES: dict[str, Callable[[str, FrontEndConfig], np.ndarray]] = {
-    "ours": ours, "baseline": baseline,
+    "ours": ours, "baseline": baseline, "ours_blas1": ours_blas1,
 }
 
 
-def _timed(fn: Callable[..., object], *args: object) -> float:
-    t0 = time.perf_counter()
+def _timed(fn: Callable[..., object], *args: object) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call; CPU time is less sensitive to other load on the box."""
+    t0, c0 = time.perf_counter(), time.process_time()
     fn(*args)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def time_pipelines(files: pd.DataFrame, config: FrontEndConfig, repeats: int) -> pd.DataFrame:
     """Median seconds per clip of each pipeline on each file, interleaved per repeat."""
     rows = []
     for f in files.itertuples():
-        times: dict[str, list[float]] = {name: [] for name in PIPELINES}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in PIPELINES}
         for _ in range(repeats):
             for name, fn in PIPELINES.items():
                 times[name].append(_timed(fn, f.path, config))
-        rows.append({"format": f.format, "track_id": f.track_id, "seconds": f.seconds,
-                     **{f"{n}_s": statistics.median(t) for n, t in times.items()}})
+        row = {"format": f.format, "track_id": f.track_id, "seconds": f.seconds}
+        for n, t in times.items():
+            row[f"{n}_s"] = statistics.median(w for w, _ in t)
+            row[f"{n}_cpu_s"] = statistics.median(c for _, c in t)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -124,39 +142,42 @@ def stage_breakdown(path: str, config: FrontEndConfig, repeats: int) -> dict[str
         "baseline_decode_whole": lambda: sf.read(path, dtype="float32"),
         "baseline_librosa_load_whole": lambda: librosa.load(path, sr=config.sample_rate),
         "mel_db": lambda: mel_db(clip, config),
+        "mel_db_blas_1_thread": lambda: _mel_blas1(clip, config),
     }
-    out = {name: statistics.median(_timed(fn) for _ in range(repeats))
+    out = {name: statistics.median(_timed(fn)[0] for _ in range(repeats))
            for name, fn in stages.items()}
     # "resample" above includes its decode; report the resample alone.
     out["ours_resample_30s"] -= out["ours_decode_30s"]
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
 
 
-def _peak_rss_worker(name: str, paths: list[str], queue: multiprocessing.Queue) -> None:
-    config = FrontEndConfig()
-    mel_db(np.full(config.sample_rate, 0.1, dtype=np.float32), config)  # librosa's lazy imports
-    before = _rss_mb()
-    for path in paths:
-        PIPELINES[name](path, config)
-    queue.put((before, _rss_mb()))
+def peak_rss(paths: list[str], config: FrontEndConfig) -> dict[str, dict[str, float]]:
+    """Peak RSS (MB) of each pipeline over `paths`: Linux's high-water mark, reset per pipeline.
 
-
-def peak_rss(paths: list[str]) -> dict[str, dict[str, float]]:
-    """Peak RSS (MB) of each pipeline over `paths`, each in its own fresh process."""
-    context = multiprocessing.get_context("spawn")
+    Writing 5 to ``/proc/self/clear_refs`` resets ``VmHWM`` (Linux >= 4.0), so both pipelines
+    are measured in this process from the same starting point. Elsewhere the process-wide
+    ``ru_maxrss`` is reported instead, which cannot separate the two.
+    """
     out = {}
-    for name in PIPELINES:
-        queue = context.Queue()
-        proc = context.Process(target=_peak_rss_worker, args=(name, paths, queue))
-        proc.start()
-        before, after = queue.get()
-        proc.join()
-        out[name] = {"after_imports_mb": round(before, 1), "peak_mb": round(after, 1),
-                     "peak_above_imports_mb": round(after - before, 1)}
+    for name in ("ours", "baseline"):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            before = _status_mb("VmRSS")
+            for path in paths:
+                PIPELINES[name](path, config)
+            peak = _status_mb("VmHWM")
+        except OSError:
+            before, peak = float("nan"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out[name] = {"rss_before_mb": round(before, 1), "peak_mb": round(peak, 1),
+                     "peak_above_before_mb": round(peak - before, 1)}
     return out
 
 
@@ -194,12 +215,17 @@ def summarise(times: pd.DataFrame, config: FrontEndConfig) -> dict:
                 "seconds_per_clip_median": round(float(group[f"{name}_s"].median()), 4),
                 "clips_per_second": round(1 / per_clip, 2),
                 "x_realtime": round(config.duration / per_clip, 1),
+                "cpu_seconds_per_clip_mean": round(float(group[f"{name}_cpu_s"].mean()), 4),
             }
         ratio = group["baseline_s"] / group["ours_s"]
         entry["speedup_total"] = round(float(group["baseline_s"].sum() / group["ours_s"].sum()),
                                        2)
         entry["speedup_per_song_min_median_max"] = [round(float(v), 2) for v in
                                                     (ratio.min(), ratio.median(), ratio.max())]
+        entry["speedup_cpu_time"] = round(float(group["baseline_cpu_s"].sum()
+                                                / group["ours_cpu_s"].sum()), 2)
+        entry["speedup_ours_blas1_vs_baseline"] = round(
+            float(group["baseline_s"].sum() / group["ours_blas1_s"].sum()), 2)
         out[fmt] = entry
     return out
 
@@ -225,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", type=Path, default=DEFAULT_OUT,
                         help="real_audio.py work folder (fetched if needed)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
-    parser.add_argument("--songs", type=int, default=10,
+    parser.add_argument("--songs", type=int, default=8,
                         help="longest tracks used as full-length songs (each in 3 formats)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per file")
     parser.add_argument("--n-jobs", type=int, default=2, help="workers for cache.preprocess")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
+    load_before = os.getloadavg()
     config = FrontEndConfig()
 
     manifest = pd.read_csv(fetch_real_audio(args.audio, DEFAULT_PACKAGES))
@@ -250,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     breakdown = {f.format: stage_breakdown(f.path, config, args.repeats)
                  for f in longest.itertuples()}
     print("peak RSS ...", flush=True)
-    rss = peak_rss(longest["path"].tolist())
+    rss = peak_rss(longest["path"].tolist(), config)
     print("cache.preprocess ...", flush=True)
     # The copies plus the original Ogg tracks not in the timing set: ~40 clips.
     extra = all_songs.iloc[args.songs:].assign(format="ogg")
@@ -275,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_longest_song": rss,
         "parallel_cache_preprocess": parallel,
         "benchmark_wall_seconds": round(time.perf_counter() - t_start, 1),
+        "load_average_1_5_15_min": {"start": [round(v, 2) for v in load_before],
+                                    "end": [round(v, 2) for v in os.getloadavg()]},
     }
     write_json_atomic(args.out, results)
     for fmt, entry in results["per_format"].items():

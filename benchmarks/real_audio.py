@@ -6,9 +6,11 @@ script downloads the ``.deb`` packages with ``apt-get download`` (no install), u
 ``dpkg -x``, and writes ``manifest.csv`` in the project's manifest format next to the audio::
 
     <out>/debs/<package>_<version>_all.deb     downloaded packages (kept, so re-runs skip them)
-    <out>/unpacked/<package>/...               the unpacked package tree
-    <out>/<package>/copyright                  the package's licence, next to its tracks
-    <out>/manifest.csv                         path,label,split,track_id,title,artist,genre,source
+    <out>/unpacked/<package>/...               the unpacked package tree; each folder of
+                                               tracks gets a copy of the package's licence
+                                               (usr/share/doc/<package>/copyright)
+    <out>/manifest.csv                         path,label,split,track_id,title,artist,genre,
+                                               source (+ seconds: track length)
 
 Every track is labelled ``human``. A package is one composer or small team, so ``artist``,
 ``genre`` and ``source`` are all the package name, and the split is assigned per package (never
@@ -139,13 +141,13 @@ def fetch_real_audio(
         deb = _download(package, debs)
         tree = out_dir / "unpacked" / package
         _unpack(deb, tree)
-        copyright_src = tree / "usr" / "share" / "doc" / package / "copyright"
-        if copyright_src.exists():
-            (out_dir / package).mkdir(exist_ok=True)
-            shutil.copyfile(copyright_src, out_dir / package / "copyright")
         tracks = sorted((tree / "usr").rglob("*.ogg"))
         if not tracks:
             raise FetchError(f"{package}: no .ogg files in {deb.name}; is it a music package?")
+        copyright_src = tree / "usr" / "share" / "doc" / package / "copyright"
+        if copyright_src.exists():  # the licence travels with the audio it covers
+            for folder in {t.parent for t in tracks}:
+                shutil.copyfile(copyright_src, folder / "copyright")
         for track in tracks:
             rows.append({
                 "path": track.relative_to(out_dir).as_posix(),

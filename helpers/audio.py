@@ -170,15 +170,48 @@ def load_clip(path: str | os.PathLike, config: FrontEndConfig | None = None) -> 
     """
     config = config or FrontEndConfig()
     y, sr = read_audio(path, max_seconds=config.duration)
+    return prepare_clip(y, sr, config, name=path)
+
+
+def prepare_clip(
+    y: np.ndarray, sr: int, config: FrontEndConfig | None = None,
+    name: str | os.PathLike = "<audio>",
+) -> np.ndarray:
+    """Turn decoded mono audio into the front end's fixed-length clip.
+
+    Used by `load_clip`, and by callers that decoded a file once for several models.
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (samples,)
+        Mono audio at rate `sr`; only its first ``config.duration`` seconds are used.
+    sr : int
+    config : FrontEndConfig, optional
+    name : str or path-like
+        Named in errors (the file the audio came from).
+
+    Returns
+    -------
+    np.ndarray, shape (config.n_samples,), float32
+
+    Raises
+    ------
+    AudioError
+        Too short, silent, or NaN/Inf samples.
+    """
+    config = config or FrontEndConfig()
+    y = np.asarray(y, dtype=np.float32)[: int(np.ceil(config.duration * sr))]
+    if not np.isfinite(y).all():
+        raise AudioError(name, "contains NaN or Inf samples", "the audio is damaged")
     seconds = len(y) / sr
     if seconds < config.min_duration:
         raise AudioError(
-            path,
+            name,
             f"too short: {seconds:.3f} s of audio, at least {config.min_duration} s needed",
             "lower FrontEndConfig.min_duration to accept it",
         )
     if float(np.max(np.abs(y))) < _SILENCE_PEAK:
-        raise AudioError(path, "silent (peak below -100 dBFS)", "nothing to classify; remove it")
+        raise AudioError(name, "silent (peak below -100 dBFS)", "nothing to classify; remove it")
     y = resample(y, sr, config.sample_rate)
     if config.codec == "mp3":
         y = codec_round_trip(y, config.sample_rate, config.codec_bitrate_kbps)

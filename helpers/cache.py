@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import threadpoolctl
 import torch
 from tqdm.auto import tqdm
 
@@ -99,6 +100,12 @@ def _process_chunk(paths: Sequence[str], config: FrontEndConfig, shard: str) -> 
     return errors
 
 
+def _one_thread() -> None:
+    # One BLAS thread per worker: the workers already fill the cores, and oversubscribed
+    # OpenBLAS threads made the mel filterbank product several times slower.
+    threadpoolctl.threadpool_limits(1)
+
+
 def preprocess(
     manifest: pd.DataFrame,
     cache_dir: str | os.PathLike,
@@ -163,7 +170,7 @@ def preprocess(
         # librosa loads its submodules lazily (seconds); do it once here so forked workers
         # inherit it instead of each paying for it.
         mel_db(np.full(config.sample_rate, 0.1, dtype=np.float32), config)
-        with ProcessPoolExecutor(n_jobs, mp_context=context) as pool:
+        with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_one_thread) as pool:
             futures = {pool.submit(_process_chunk, c, config, s): c
                        for c, s in zip(chunks, shards, strict=True)}
             for future in as_completed(futures):

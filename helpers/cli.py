@@ -255,13 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from helpers.audio import AudioError
-    from helpers.datasets import ManifestError
+    from helpers.cache import CacheError
 
     try:
         return args.func(args)
-    except (AudioError, ManifestError, FileNotFoundError) as err:
-        # Expected user errors: one clear line, no traceback.
+    except (ValueError, FileNotFoundError, CacheError, RuntimeError) as err:
+        # User errors (AudioError and ManifestError are ValueErrors) are one clear line;
+        # -v shows the traceback as well.
+        if args.verbose:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -265,8 +265,9 @@ class OpenL3Model(nn.Module):
     def fuse_batchnorm(self) -> OpenL3Model:
         """Fold each BN that follows a conv into that conv's weights, in place, for inference.
 
-        Saves one pass over every feature map (about 10 % on CPU). The input BN stays: it
-        comes *before* a zero-padded conv, so folding it would change the border pixels.
+        Saves one pass over every feature map (a few percent of the CPU time). The input BN
+        stays: it comes *before* a zero-padded conv, so folding it would change the border
+        pixels.
         After fusing, the model can no longer load Keras weights (the BN layers are gone).
 
         Returns

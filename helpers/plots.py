@@ -46,7 +46,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    fig.savefig(tmp, dpi=dpi, format="png")  # layout="constrained" already fits the labels
     os.replace(tmp, path)
     plt.close(fig)
     return path

@@ -221,7 +221,8 @@ def ai_query_precision(
     }
 
 
-def tsne_2d(vectors: np.ndarray, seed: int = 0, perplexity: float | None = None) -> np.ndarray:
+def tsne_2d(vectors: np.ndarray, seed: int = 0, perplexity: float | None = None,
+            method: str = "auto") -> np.ndarray:
     """2-D t-SNE map of embedding vectors (cosine geometry) for plotting.
 
     Parameters
@@ -231,6 +232,9 @@ def tsne_2d(vectors: np.ndarray, seed: int = 0, perplexity: float | None = None)
         Random state (the map is deterministic for a given seed).
     perplexity : float, optional
         Default ``min(30, (n - 1) / 3)``, valid for small catalogs.
+    method : {"auto", "exact", "barnes_hut"}
+        "auto": exact gradients up to 500 points (fast there, and free of the thread start-up
+        cost of Barnes-Hut), Barnes-Hut above.
 
     Returns
     -------
@@ -243,5 +247,8 @@ def tsne_2d(vectors: np.ndarray, seed: int = 0, perplexity: float | None = None)
     if n < 3:
         raise ValueError(f"t-SNE needs at least 3 vectors, got {n}")
     perplexity = perplexity or max(1.0, min(30.0, (n - 1) / 3))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    if method == "auto":
+        method = "exact" if n <= 500 else "barnes_hut"
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                method=method)
     return tsne.fit_transform(x).astype(np.float32)

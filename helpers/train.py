@@ -81,6 +81,10 @@ class TrainConfig:
     freq_mask, n_freq_masks : int
         SpecAugment: up to `n_freq_masks` masks, each up to `freq_mask` mel bins high. Masked
         cells get the clip's mean dB, i.e. zero after the model's per-clip normalisation.
+    time_roll : bool
+        Rotate each clip by a random number of frames (circularly). Spectral tokens weigh every
+        frame separately, so on small corpora they memorise where things happen in the training
+        clips; rolling makes them read the band's behaviour, not its timeline.
     random_gain_db : float
         Random spectral tilt: adds a ramp from ``-g`` to ``+g`` dB across the mel bins with
         ``g ~ U(-random_gain_db, random_gain_db)`` per clip (an EQ/mastering difference). A flat
@@ -101,6 +105,11 @@ class TrainConfig:
     num_workers : int
         DataLoader worker processes (0 reads in the training process; augmentation always
         runs in the training process, so results do not depend on this).
+    cpu_threads : int
+        Torch intra-op threads while training on a CPU (restored afterwards). 0 = auto: one
+        thread for models under 1 M parameters (their small matrix products lose more to
+        thread synchronisation than they gain; 3x faster for ``tiny`` on a 2-core box), else
+        torch's default.
     amp : str
         ``"auto"`` uses bfloat16 autocast on CUDA GPUs that support it, else full precision;
         ``"bf16"`` forces it on CUDA; ``"off"``.
@@ -108,8 +117,8 @@ class TrainConfig:
         ``"auto"`` (CUDA, then MPS, then CPU) or a torch device string.
     """
 
-    epochs: int = 20
-    batch_size: int = 32
+    epochs: int = 40
+    batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_frac: float = 0.1
@@ -120,13 +129,15 @@ class TrainConfig:
     n_time_masks: int = 2
     freq_mask: int = 12
     n_freq_masks: int = 2
+    time_roll: bool = True
     random_gain_db: float = 3.0
-    patience: int = 5
+    patience: int = 10
     val_fraction: float = 0.15
     class_balance: str = "pos_weight"
     target_fpr: float = 0.05
     seed: int = 0
     num_workers: int = 0
+    cpu_threads: int = 0
     amp: str = "auto"
     device: str = "auto"
 
@@ -236,6 +247,10 @@ def augment(
     """
     x = x.clone()
     batch, n_mels, n_frames = x.shape
+    if config.time_roll:
+        shift = torch.randint(0, n_frames, (batch, 1, 1), generator=generator)
+        idx = (torch.arange(n_frames).view(1, 1, n_frames) + shift) % n_frames
+        x = torch.gather(x, 2, idx.expand(batch, n_mels, n_frames))  # (batch, n_mels, frames)
     if config.random_gain_db > 0:
         g = (torch.rand(batch, 1, 1, generator=generator) * 2 - 1) * config.random_gain_db
         ramp = torch.linspace(-1.0, 1.0, n_mels).view(1, n_mels, 1)
@@ -452,6 +467,26 @@ def train(
     >>> run = train("demo/manifest.csv", "runs/tiny", preset="tiny")  # doctest: +SKIP
     >>> model, info = load_run(run)  # doctest: +SKIP
     """
+    threads = torch.get_num_threads()
+    try:
+        return _train(manifest, out_dir, preset, train_config, cache_dir, resume, progress,
+                      frontend, model_kind, stop_after_epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    manifest: str | os.PathLike | pd.DataFrame,
+    out_dir: str | os.PathLike,
+    preset: str | ModelConfig,
+    train_config: TrainConfig | None,
+    cache_dir: str | os.PathLike | None,
+    resume: bool,
+    progress: bool,
+    frontend: FrontEndConfig | None,
+    model_kind: str,
+    stop_after_epochs: int | None,
+) -> Path:
     from helpers.cache import CacheDataset, preprocess
     from helpers.datasets import manifest_fingerprint
 
@@ -509,10 +544,12 @@ def train(
     if n_ai == 0 or n_human == 0:
         raise ValueError(f"training needs both labels; got {n_ai} ai and {n_human} human clips")
 
-    # --- model, optimiser, generators ------------------------------------------------------------
+    # --- model, optimiser, generators ---------------------------------------------------------
     device = _resolve_device(cfg.device)
     _seed_everything(cfg.seed)
     model = build_model(model_config, model_kind).to(device)
+    if device.type == "cpu" and (cfg.cpu_threads > 0 or model.count_parameters() < 1_000_000):
+        torch.set_num_threads(cfg.cpu_threads or 1)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(0.9, 0.999))
     drop_last = len(train_ds) > cfg.batch_size

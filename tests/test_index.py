@@ -98,8 +98,8 @@ def test_query_from_the_catalog_never_returns_itself():
 def test_hnsw_recall_at_5_is_high_on_small_data():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(20, 32))
-    vectors = l2_normalise(centres[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 32)))
-    catalog = manifest(3000)
+    vectors = l2_normalise(centres[rng.integers(0, 20, 1000)] + 0.3 * rng.normal(size=(1000, 32)))
+    catalog = manifest(1000)
     exact = CatalogIndex(vectors, catalog, {"name": "x", "dim": 32})
     hnsw = CatalogIndex(vectors, catalog, {"name": "x", "dim": 32}, index_type="hnsw",
                         hnsw_m=16, ef_search=64)

@@ -52,9 +52,15 @@ def wav() -> tuple[np.ndarray, int]:
 
 
 @pytest.fixture(scope="module")
-def end_to_end(model, wav) -> tuple[np.ndarray, np.ndarray]:
+def fused_model(reference) -> openl3.OpenL3Model:
+    # What users get by default: BN folded into the convs.
+    return openl3.load_audio_embedding_model("mel128", "music", 512, weights=H5, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def end_to_end(fused_model, wav) -> tuple[np.ndarray, np.ndarray]:
     audio, sr = wav
-    return openl3.get_audio_embedding(audio, sr, model, hop_size=0.1, center=True,
+    return openl3.get_audio_embedding(audio, sr, fused_model, hop_size=0.1, center=True,
                                       batch_size=32)
 
 
@@ -85,18 +91,20 @@ def test_check2_frontend_logmel(reference, model, wav):
 
 
 def test_check3_conv_stack_on_reference_logmel(reference, model):
-    logmel = torch.from_numpy(np.ascontiguousarray(reference["frontend_logmel"][..., 0]))
+    # Every 3rd frame plus the last: a layer bug shows in every frame, and this keeps the
+    # file within its CPU budget (end to end, check 4, still runs all 31).
+    index = [*range(0, 31, 3), 30]
+    logmel = torch.from_numpy(np.ascontiguousarray(reference["frontend_logmel"][index, ..., 0]))
     with torch.inference_mode():
         got = model.embed_logmel(logmel[:, None]).numpy()
-    expected = reference["embedding"]
-    assert got.shape == expected.shape == (31, 512)
+    expected = reference["embedding"][index]
+    assert got.shape == expected.shape == (12, 512)
     assert np.abs(got - expected).max() <= 1e-3
     assert rel_l2_per_frame(got, expected).max() <= 1e-5
 
 
-def test_fused_batchnorm_matches_reference(reference, model):
-    fused = openl3.load_audio_embedding_model("mel128", "music", 512, weights=H5,
-                                              device="cpu", fuse_bn=True)
+def test_fused_batchnorm_matches_reference(reference, model, fused_model):
+    fused = fused_model
     assert fused.fused and not model.fused
     index = [0, 15, 30]
     logmel = torch.from_numpy(np.ascontiguousarray(reference["frontend_logmel"][index, ..., 0]))
@@ -199,6 +207,13 @@ def test_missing_weights_offline_names_expected_path(tmp_path, monkeypatch):
     assert str(expected) in str(err.value) and "weights=" in str(err.value)
     with pytest.raises(FileNotFoundError, match="does_not_exist"):
         openl3.load_audio_embedding_model("mel256", "music", weights=tmp_path / "does_not_exist")
+
+
+def test_corrupt_cached_weights_say_which_file(tmp_path):
+    path = openl3.weights_path("mel128", "music", cache_dir=tmp_path)
+    path.write_bytes(b"<html>rate limited</html>")
+    with pytest.raises(RuntimeError, match=str(path)):
+        openl3.load_audio_embedding_model("mel128", "music", cache_dir=tmp_path, device="cpu")
 
 
 def test_cache_dir_from_environment(tmp_path, monkeypatch):

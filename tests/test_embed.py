@@ -1,0 +1,145 @@
+"""Embedders: classic features on synthetic tones, OpenL3 with random weights, the fallback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from helpers.embed import (
+    FEATURE_NAMES,
+    FeatureEmbedder,
+    OpenL3Embedder,
+    default_embedder,
+    embedder_from_config,
+    make_embedder,
+)
+
+REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "openl3_reference"
+SR = 22050
+
+
+def tone(kind: str, freq: float = 440.0, seconds: float = 2.0, sr: int = SR,
+         seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    if kind == "sine":
+        y = np.sin(2 * np.pi * freq * t)
+    elif kind == "square":
+        y = np.sign(np.sin(2 * np.pi * freq * t))
+    elif kind == "noise":
+        y = rng.normal(size=len(t))
+    else:
+        raise ValueError(kind)
+    envelope = 0.5 + 0.5 * (np.sin(2 * np.pi * 2 * t) > 0)  # some rhythm for the onset features
+    return (0.2 * y * envelope).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    specs = {
+        "sine_330": ("sine", 330), "sine_440": ("sine", 440), "sine_550": ("sine", 550),
+        "noise_a": ("noise", 0), "noise_b": ("noise", 1), "noise_c": ("noise", 2),
+    }
+    paths = {}
+    for name, (kind, arg) in specs.items():
+        y = tone(kind, freq=arg or 440.0, seed=arg)
+        paths[name] = folder / f"{name}.wav"
+        sf.write(paths[name], y, SR)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def fitted(clips):
+    embedder = FeatureEmbedder(max_seconds=2.0)
+    raw, ok, errors = embedder.embed_files(clips.values(), progress=False, raw=True)
+    assert ok.all() and not errors and raw.shape == (6, len(FEATURE_NAMES))
+    return embedder.fit(raw)
+
+
+def test_feature_vectors_are_deterministic_and_unit_norm(fitted, clips):
+    a = fitted.embed_file(clips["sine_440"])
+    b = fitted.embed_file(clips["sine_440"])
+    assert a.dtype == np.float32 and a.shape == (fitted.dim,) == (93,)
+    np.testing.assert_array_equal(a, b)
+    assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_different_timbres_map_apart(fitted, clips):
+    vectors, ok, _ = fitted.embed_files(clips.values(), progress=False)
+    names = list(clips)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    for i, name in enumerate(names):
+        nearest = names[int(np.argmax(sims[i]))]
+        assert nearest.split("_")[0] == name.split("_")[0], (name, nearest)
+
+
+def test_feature_embedder_needs_fitting_and_state_round_trips(fitted, clips):
+    with pytest.raises(ValueError, match="not fitted"):
+        FeatureEmbedder(max_seconds=2.0).embed_file(clips["sine_440"])
+    rebuilt = embedder_from_config(fitted.config())
+    assert rebuilt.config() == fitted.config()
+    np.testing.assert_array_equal(rebuilt.embed_file(clips["noise_a"]),
+                                  fitted.embed_file(clips["noise_a"]))
+
+
+def test_awkward_audio_gives_finite_vectors_or_is_skipped(fitted, tmp_path):
+    t = np.arange(int(1.0 * 44100)) / 44100
+    stereo = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)], 1) * 0.1
+    sf.write(tmp_path / "stereo_44k.wav", stereo, 44100)
+    sf.write(tmp_path / "silent.wav", np.zeros(SR, np.float32), SR)
+    sf.write(tmp_path / "short.wav", tone("sine", seconds=0.02), SR)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "garbage.wav").write_bytes(b"not audio at all" * 10)
+    names = ["stereo_44k.wav", "silent.wav", "short.wav", "empty.wav", "garbage.wav"]
+    vectors, ok, errors = fitted.embed_files([tmp_path / n for n in names], progress=False)
+    assert ok.tolist() == [True, True, True, False, False]
+    assert np.isfinite(vectors).all() and vectors.shape == (3, 93)
+    assert [Path(p).name for p, _ in errors] == ["empty.wav", "garbage.wav"]
+
+
+def test_openl3_with_random_weights_gives_unit_norm_512_vectors(tmp_path):
+    weights = REFERENCE / "mel128_music_random.h5"
+    if not weights.is_file():
+        pytest.skip(f"reference fixture missing: {weights}")
+    sf.write(tmp_path / "a.wav", tone("sine", seconds=1.0, sr=16000), 16000)
+    embedder = OpenL3Embedder(input_repr="mel128", weights=weights, max_seconds=1.0,
+                              device="cpu")
+    vector = embedder.embed_file(tmp_path / "a.wav")
+    assert vector.shape == (512,) and vector.dtype == np.float32
+    assert np.isfinite(vector).all()
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    params = embedder.config()["params"]
+    assert params["weights"]["file"] == "mel128_music_random.h5"
+    assert params["hop_size"] == 0.5 and params["pooling"] == "mean"
+
+
+def test_openl3_defaults_are_the_hear_settings():
+    params = OpenL3Embedder().params()
+    assert (params["input_repr"], params["content_type"], params["embedding_size"],
+            params["hop_size"]) == ("mel256", "music", 512, 0.5)
+
+
+def test_default_embedder_falls_back_to_features_offline(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="helpers.embed"):
+        embedder = default_embedder(cache_dir=tmp_path)
+    assert isinstance(embedder, FeatureEmbedder)
+    assert "features" in caplog.text and "no OpenL3 weights" in caplog.text
+
+
+def test_default_embedder_picks_openl3_when_weights_are_cached(tmp_path):
+    from helpers.openl3 import weights_path
+
+    weights_path("mel256", "music", tmp_path).write_bytes(b"x")  # presence is what counts
+    assert isinstance(default_embedder(cache_dir=tmp_path), OpenL3Embedder)
+
+
+def test_make_embedder_by_name():
+    assert isinstance(make_embedder("features", sr=16000), FeatureEmbedder)
+    with pytest.raises(ValueError, match="unknown embedder"):
+        make_embedder("word2vec")
