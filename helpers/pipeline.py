@@ -328,7 +328,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", seed: int = 0, k: int = 5,
         "corpus": synth.to_dict(),
         "classifier_test": {key: metrics.get(key) for key in (
             "n", "roc_auc", "pr_auc", "accuracy", "f1", "sensitivity", "specificity",
-            "threshold", "ece_before", "ece_after")},
+            "threshold", "fpr_threshold", "ece", "temperature")},
         "retrieval": {"embedder": index.embedder_config.get("name"),
                       "style_loo": retrieval, "ai_query_style_precision": ai_queries},
         "seconds": round(time.perf_counter() - t_start, 1),

@@ -33,7 +33,7 @@ def test_notebooks_run_in_demo_mode(tmp_path, monkeypatch):
     assert flagged, "at least one held-out AI clip should be flagged"
     assert all(len(r["recommendations"]) == 5 for r in flagged)
     retrieval = json.loads(next((work / "indexes").glob("demo_*/retrieval.json")).read_text())
-    assert retrieval["all_neighbours"]["precision@5"] > 0.5
+    assert retrieval["all_neighbours"]["precision_at_k"] > 0.5
     for png in ("02_spectrograms.png", "03_training_curves.png", "05_tsne.png"):
         assert (figures / png).stat().st_size > 10_000
 
@@ -45,6 +45,7 @@ def test_notebooks_are_committed_without_outputs():
             if cell["cell_type"] == "code":
                 assert not cell.get("outputs"), f"{path.name}: strip outputs (nbstripout)"
                 assert cell.get("execution_count") is None, f"{path.name}: strip outputs"
-        tagged = [c for c in book["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        tagged = [c for c in book["cells"]
+                  if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path.name}: needs one cell tagged 'parameters' (papermill)"
         assert "DEMO = True" in "".join(tagged[0]["source"])
