@@ -85,17 +85,27 @@ def read_audio(
         raise AudioError(path, f"cannot read ({err.strerror})", "check file permissions") from err
     if size == 0:
         raise AudioError(path, "empty file (0 bytes)", "re-download or remove it")
+    if not os.access(path, os.R_OK):  # libsndfile would report it as a decoding error
+        raise AudioError(path, "permission denied", "check file permissions")
     try:
-        with sf.SoundFile(path) as f:
+        # soundfile encodes a str name strictly as UTF-8, so a name that is not valid UTF-8
+        # (bytes that os.fsdecode turned into surrogates) must go in as the raw bytes.
+        name = os.fsencode(path) if os.name == "posix" else os.fspath(path)
+        with sf.SoundFile(name) as f:
             sr = f.samplerate
             frames = -1 if max_seconds is None else int(np.ceil(max_seconds * sr))
             data = f.read(frames=frames, dtype="float32", always_2d=True)
     except PermissionError as err:
         raise AudioError(path, "permission denied", "check file permissions") from err
     except (sf.LibsndfileError, RuntimeError, EOFError, OSError) as err:
+        # libsndfile's own text, without its repeat of the name; its "does not exist" means
+        # here (the file exists) that no known format was found in the data
+        reason = getattr(err, "error_string", None) or str(err)
+        if "does not exist" in reason:
+            reason = "no decodable audio data"
         raise AudioError(
             path,
-            f"cannot decode audio ({err})",
+            f"cannot decode audio ({reason.rstrip('.')})",
             "corrupt, truncated or not an audio file; supported: wav, flac, ogg, opus, mp3. "
             "Convert other formats with ffmpeg",
         ) from err

@@ -116,7 +116,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         embedder = make_embedder("classifier", run_dir=args.run)
     else:
         embedder = make_embedder(args.embedder)
-    index = build_index(manifest, args.out, embedder, label=args.label, hnsw=args.hnsw)
+    index = build_index(manifest, args.out, embedder, label=args.label, hnsw=args.hnsw,
+                        checkpoint_every=args.checkpoint_every)
     print(f"index written: {args.out} ({len(index)} tracks, embedder {embedder.name})")
     return 0
 
@@ -128,6 +129,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                            threshold=args.threshold, always_recommend=args.always_recommend,
                            windows=args.windows)
     print(json.dumps(results, indent=2) if args.json else format_results(results))
+    failed = [r["input"] for r in results if "error" in r]
+    if failed:  # the others were analysed; a script still learns that some were not
+        print(f"error: {len(failed)} of {len(results)} file(s) could not be read (first: "
+              f"{failed[0]})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -221,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="human", choices=["human", "ai", "all"],
                    help="which clips go into the catalog (default: human)")
     p.add_argument("--hnsw", action="store_true", help="approximate HNSW index (large catalogs)")
+    p.add_argument("--checkpoint-every", type=int, default=64,
+                   help="files per checkpoint: a killed build redoes at most this many")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("recommend", help="P(AI) and top-K similar human tracks for audio files",

@@ -62,8 +62,16 @@ def load_manifest(
     Raises
     ------
     ManifestError
-        Missing columns, unknown labels or splits, duplicate paths or track ids, an empty
-        manifest, or (with `check_files`) paths that do not exist.
+        Missing columns, unknown labels or splits, duplicate paths, an empty manifest, or
+        (with `check_files`) paths that do not exist.
+
+    Notes
+    -----
+    A ``track_id`` may repeat across different paths: excerpts of one song share it, and
+    training keeps them on one side of the train/val split. The same path twice is an error.
+    Files whose names are not valid UTF-8 (e.g. Latin-1 bytes on Linux) are left out with a
+    warning naming each one, because the cache, run and index tables are UTF-8 CSV files;
+    rename them to UTF-8 to include them.
     """
     if isinstance(source, pd.DataFrame):
         return validate_manifest(source, base_dir=Path.cwd(), name="<DataFrame>",
@@ -120,6 +128,15 @@ def validate_manifest(
     ]
     if (frame["path"] == os.path.normpath(base)).any():
         raise ManifestError(f"{name}: some rows have an empty path")
+    undecodable = frame["path"].map(_not_utf8)
+    if undecodable.any():
+        for path in frame.loc[undecodable, "path"]:
+            log.warning("%s: file name is not valid UTF-8, left out (rename it to UTF-8, e.g. "
+                        "with convmv)", path.encode("utf-8", "backslashreplace").decode())
+        frame = frame[~undecodable]
+        if frame.empty:
+            raise ManifestError(f"{name}: no rows left after leaving out file names that are "
+                                "not valid UTF-8; rename the files")
     dupes = frame["path"][frame["path"].duplicated()]
     if len(dupes):
         raise ManifestError(
@@ -139,6 +156,14 @@ def validate_manifest(
                 "(relative paths are relative to the manifest's folder)"
             )
     return frame.reset_index(drop=True)
+
+
+def _not_utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _normalise(values: pd.Series, aliases: dict[str, str]) -> pd.Series:
@@ -180,7 +205,8 @@ def assign_splits(
     edges = np.cumsum(fractions) / np.sum(fractions)
     out = []
     for key in keys:
-        h = int(hashlib.sha1(f"{salt}{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        key_bytes = f"{salt}{key}".encode("utf-8", "surrogateescape")  # non-UTF-8 names too
+        h = int(hashlib.sha1(key_bytes).hexdigest()[:8], 16) / 0xFFFFFFFF
         out.append(SPLITS[int(np.searchsorted(edges, h, side="right").clip(max=2))])
     return out
 

@@ -524,6 +524,9 @@ def _train(
     # --- data -------------------------------------------------------------------------------
     frame = _prepare_manifest(manifest)
     fingerprint = manifest_fingerprint(frame)  # of the manifest as given, before carving val
+    if not (frame["split"] == "train").any():  # say so before carving val fails on it
+        raise ValueError(f"the manifest has no train rows (rows per split: "
+                         f"{frame['split'].value_counts().to_dict()}); mark some split=train")
     if checkpoint is not None and (run_dir / "splits.csv").exists():
         splits = pd.read_csv(run_dir / "splits.csv", dtype=str, keep_default_na=False)
         frame = frame.drop(columns="split").merge(splits[["path", "split"]], on="path",
@@ -542,7 +545,10 @@ def _train(
     n_ai = int(train_ds.labels.sum())
     n_human = len(train_ds) - n_ai
     if n_ai == 0 or n_human == 0:
-        raise ValueError(f"training needs both labels; got {n_ai} ai and {n_human} human clips")
+        hint = (f"; {len(train_ds.dropped)} unreadable clip(s) were left out, see "
+                f"{Path(cache_dir) / 'failures.csv'}" if train_ds.dropped else "")
+        raise ValueError(f"training needs both labels; got {n_ai} ai and {n_human} human "
+                         f"clips{hint}")
 
     # --- model, optimiser, generators ---------------------------------------------------------
     device = _resolve_device(cfg.device)

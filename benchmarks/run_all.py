@@ -1,0 +1,458 @@
+"""Run every benchmark that exists, then summarise all results in ``results/TABLE.md``.
+
+Each benchmark runs in its own subprocess (``python -m benchmarks.<name> ARGS``), one after
+the other, so one's memory peak, torch thread setting or crash cannot touch the next; a failed
+benchmark is reported and the others still run. Scripts not (yet) in the folder are skipped.
+Then `build_table` reads every results JSON and writes one Markdown table of the headline
+numbers: each row names the machine it ran on, the baseline measured in the same run, the
+ratio, and the data it was measured on. A results file that is missing gives a "not run" row.
+
+    python -m benchmarks                          # everything (tens of minutes on 2 cores)
+    python -m benchmarks --only index,real_detection
+    python -m benchmarks --skip embedding,end_to_end
+    python -m benchmarks --table-only             # just rebuild TABLE.md from the JSON files
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+
+#: Benchmarks in the order they run, with the arguments that write the file the table reads.
+#: ``real_audio`` (the download) is not listed: the benchmarks that need it fetch it.
+BENCHMARKS: dict[str, list[str]] = {
+    "preprocess": [],
+    "embedding": ["--device", "cpu", "--out", str(RESULTS / "embedding_cpu.json")],
+    "classifier": ["--device", "cpu"],
+    "index": [],
+    "end_to_end": [],
+    "robustness": [],
+    "real_detection": [],
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Running
+# ------------------------------------------------------------------------------------------
+
+
+def run_benchmarks(names: list[str]) -> dict[str, dict[str, Any]]:
+    """Run the named benchmarks (those whose script exists) one by one in subprocesses.
+
+    Returns
+    -------
+    dict
+        name -> ``{"status": "ok" | "failed (rc N)" | "missing", "seconds": float}``.
+    """
+    outcome: dict[str, dict[str, Any]] = {}
+    for name in names:
+        script = HERE / f"{name}.py"
+        if not script.exists():
+            print(f"[{name}] skipped: {script.name} does not exist", flush=True)
+            outcome[name] = {"status": "missing", "seconds": 0.0}
+            continue
+        cmd = [sys.executable, "-m", f"benchmarks.{name}", *BENCHMARKS.get(name, [])]
+        print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        seconds = round(time.perf_counter() - t0, 1)
+        outcome[name] = {"status": "ok" if rc == 0 else f"failed (rc {rc})", "seconds": seconds}
+        print(f"[{name}] {outcome[name]['status']} in {seconds} s", flush=True)
+    return outcome
+
+
+# ------------------------------------------------------------------------------------------
+# The table
+# ------------------------------------------------------------------------------------------
+
+#: area, measurement, result, baseline, ratio, data, machine
+Row = tuple[str, str, str, str, str, str, str]
+HEADER = ("area", "measurement", "result", "baseline (same run)",
+          "ratio (>1: ours better)", "data", "machine")
+#: Row order by area (the order of the headline questions); unknown areas go last.
+AREA_ORDER = ("preprocess", "embedding", "classifier", "index", "end to end", "memory",
+              "robustness", "real detection")
+
+
+def _get(data: Any, *keys: Any, default: Any = None) -> Any:
+    """``data[k1][k2]...``, or `default` when any step is missing."""
+    for key in keys:
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and -len(data) <= key < len(data):
+            data = data[key]
+        else:
+            return default
+    return data
+
+
+def _num(value: Any, digits: int = 3, unit: str = "") -> str:
+    """A number with `digits` significant digits (and a unit), or "?" when absent."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "?"
+    text = f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:,.0f}"
+    return f"{text}{unit}"
+
+
+def _ratio(num: Any, den: Any) -> str:
+    if not isinstance(num, int | float) or not isinstance(den, int | float) or den == 0:
+        return "?"
+    return f"{num / den:.3g}x"
+
+
+def _load(results_dir: Path, name: str) -> dict | None:
+    path = results_dir / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return {"_error": f"unreadable ({err.__class__.__name__})"}
+
+
+def machine_of(data: dict) -> str:
+    """A short machine description from whichever layout a results file uses."""
+    m = data.get("machine") or data.get("environment") or {}
+    cpus = m.get("cpu_count", data.get("cpu_count"))
+    device = data.get("device") if isinstance(data.get("device"), str) else m.get("device")
+    cpu = m.get("cpu") or m.get("processor") or data.get("device_name")
+    torch = m.get("torch", data.get("torch"))
+    threads = m.get("threads", m.get("torch_threads", data.get("torch_threads")))
+    load = (m.get("load_average_at_end") or m.get("load_average_after")
+            or _get(m, "load_average_1_5_15_min") or _get(data, "load_average_1_5_15_min", "end")
+            or data.get("load_average_at_end") or m.get("load_average"))
+    parts = []
+    if device and device != "cpu":
+        parts.append(str(device))
+    if cpus:
+        parts.append(f"{cpus} CPU" + (f" {cpu}" if cpu else ""))
+    elif cpu:
+        parts.append(str(cpu))
+    if torch:
+        parts.append(f"torch {torch}")
+    if threads:
+        parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
+    if isinstance(load, list | tuple) and load and isinstance(load[0], int | float):
+        parts.append(f"load {load[0]:.1f}")
+    return ", ".join(parts) or "?"
+
+
+def _preprocess(d: dict) -> list[Row]:
+    m = machine_of(d)
+    songs = d.get("songs", {})
+    data = (f"{songs.get('n', '?')} real songs, {songs.get('minutes_total', '?')} min "
+            "(Debian soundtracks), first 30 s")
+    rows: list[Row] = []
+    for fmt, e in sorted(_get(d, "per_format", default={}).items()):
+        ours = _get(e, "ours", "clips_per_second")
+        base = _get(e, "baseline", "clips_per_second")
+        rows.append((
+            "preprocess", f"front end, {fmt} -> mel (`load_clip`+`mel_db`)",
+            f"{_num(ours)} clips/s ({_num(_get(e, 'ours', 'x_realtime'))}x realtime)",
+            f"`librosa.load` whole file: {_num(base)} clips/s",
+            f"{_num(e.get('speedup_total'))}x", data, m))
+    par = d.get("parallel_cache_preprocess")
+    if par:
+        rows.append((
+            "preprocess", f"`cache.preprocess`, {par.get('n_jobs', '?')} workers",
+            f"{_num(par.get('clips_per_second'))} clips/s, "
+            f"{_num(par.get('bytes_per_clip', 0) / 1e3)} kB/clip",
+            "-", "-", f"{par.get('n_clips', '?')} clips of the same songs "
+            f"({_num(par.get('projected_gb_for_97k_clips'))} GB for 97k clips)", m))
+    rss = d.get("peak_rss_longest_song")
+    if rss:
+        ours = _get(rss, "ours", "peak_above_before_mb")
+        base = _get(rss, "baseline", "peak_above_before_mb")
+        rows.append((
+            "memory", "front end peak RSS above baseline, longest song",
+            _num(ours, unit=" MB"), f"`librosa.load`: {_num(base, unit=' MB')}",
+            f"{_num(base - ours)} MB less" if isinstance(base, int | float)
+            and isinstance(ours, int | float) else "?",
+            f"one {_num(_get(d, 'stage_breakdown_longest_song_s', 'seconds'))} s real song", m))
+    return rows
+
+
+def _embedding(d: dict) -> list[Row]:
+    m = machine_of(d)
+    ref = d.get("reference_tf_cpu_s_per_30s_clip")
+    rows: list[Row] = []
+    for r in d.get("results", []):
+        speed = r.get("speedup_vs_reference_tf_cpu")
+        rows.append((
+            "embedding", f"OpenL3 {r.get('input_repr', '?')} {r.get('dtype', '')}, hop "
+            f"{r.get('hop_s', '?')} s",
+            f"{_num(r.get('x_realtime'))}x realtime ({_num(r.get('seconds_per_clip'))} s/clip)",
+            f"quoted TF CPU: {_num(ref)} s/clip (not measured here)" if speed is not None
+            else "-",
+            f"{_num(speed)}x vs quoted" if speed is not None else "-",
+            f"{_num(r.get('clip_s'))} s 44.1 kHz clip, random weights", m))
+        if r.get("peak_memory_mb") is not None and r is d["results"][0]:
+            rows.append(("memory", f"OpenL3 {r.get('peak_memory_kind', 'peak')}",
+                         _num(r["peak_memory_mb"], 4, " MB"), "-", "-",
+                         f"{r.get('input_repr')} model, 30 s clip, batch "
+                         f"{_get(d, 'settings', 'batch_size', default='?')}", m))
+    return rows
+
+
+def _classifier(d: dict, label: str) -> list[Row]:
+    m = machine_of(d)
+    shape = _get(d, "input", "shape", default="?")
+    data = f"random mel {tuple(shape) if isinstance(shape, list) else shape} " \
+           f"({_get(d, 'input', 'seconds', default='?')} s), random weights"
+    by = {(r.get("preset"), r.get("model")): r for r in d.get("results", [])}
+    rows: list[Row] = []
+    for preset in dict.fromkeys(p for p, _ in by):
+        st, vit = by.get((preset, "spectttra")), by.get((preset, "vit"))
+        if not st:
+            continue
+        big = max(map(int, st.get("inference_clips_per_s", {"0": 0})), default=0)
+        st_tp = _get(st, "inference_clips_per_s", str(big))
+        vit_tp = _get(vit or {}, "inference_clips_per_s", str(big))
+        params = f"{st.get('n_parameters', 0) / 1e6:.2g} M params"
+        rows.append((
+            "classifier", f"{preset} SpecTTTra ({params}) 1-clip latency{label}",
+            _num(st.get("latency_1clip_ms"), unit=" ms"),
+            f"ViT same size: {_num(_get(vit, 'latency_1clip_ms'), unit=' ms')}" if vit else "-",
+            _ratio(_get(vit, "latency_1clip_ms"), st.get("latency_1clip_ms")) if vit else "-",
+            data, m))
+        rows.append((
+            "classifier", f"{preset} inference throughput, batch {big}{label}",
+            _num(st_tp, unit=" clips/s"),
+            f"ViT: {_num(vit_tp, unit=' clips/s')}" if vit else "-",
+            _ratio(st_tp, vit_tp) if vit else "-", data, m))
+        rows.append((
+            "classifier", f"{preset} training throughput, batch {st.get('train_batch', '?')}"
+            f"{label}", _num(st.get("train_clips_per_s"), unit=" clips/s"),
+            f"ViT: {_num(_get(vit, 'train_clips_per_s'), unit=' clips/s')}" if vit else "-",
+            _ratio(st.get("train_clips_per_s"), _get(vit, "train_clips_per_s")) if vit else "-",
+            data, m))
+        mem_key = "peak_rss_mb" if "peak_rss_mb" in st else "peak_train_mb"
+        if mem_key in st:
+            rows.append((
+                "memory", f"classifier {preset} {mem_key.replace('_mb', '')}{label}",
+                _num(st[mem_key], 4, " MB"),
+                f"ViT: {_num(_get(vit, mem_key), 4, ' MB')}" if vit else "-",
+                _ratio(_get(vit, mem_key), st[mem_key]) if vit else "-", data, m))
+    return rows
+
+
+def _index(d: dict) -> list[Row]:
+    m = machine_of(d)
+    ef_pick = "64"
+    rows: list[Row] = []
+    for r in d.get("results", []):
+        n, variant = r.get("n"), r.get("variant", "?")
+        flat = _get(r, "faiss_flat", "single_query", "median_ms")
+        sk = _get(r, "sklearn_brute", "single_query", "median_ms")
+        hnsw = _get(r, "faiss_hnsw", "ef_search", ef_pick)
+        data = f"{_num(n, 6)} {variant} unit vectors, dim {r.get('dim', '?')}, k=" \
+               f"{d.get('k', '?')}"
+        rows.append((
+            "index", f"exact (FAISS flat) single query, n={_num(n, 6)} {variant}",
+            _num(flat, unit=" ms"),
+            f"sklearn brute: {_num(sk, unit=' ms')}" if sk is not None else "-",
+            _ratio(sk, flat) if sk is not None else "-", data, m))
+        if hnsw:
+            rows.append((
+                "index", f"HNSW (M={_get(r, 'faiss_hnsw', 'm', default='?')}, ef={ef_pick}) "
+                f"single query, n={_num(n, 6)} {variant}",
+                f"{_num(_get(hnsw, 'single_query', 'median_ms'), unit=' ms')}, recall@"
+                f"{d.get('k', '?')} {_num(hnsw.get('recall_at_5'))}",
+                f"exact: {_num(flat, unit=' ms')}",
+                _ratio(flat, _get(hnsw, "single_query", "median_ms")), data, m))
+    return rows
+
+
+def _end_to_end(d: dict) -> list[Row]:
+    m = machine_of(d)
+    p = d.get("pipeline", {})
+    stages = p.get("warm_stages_s", {})
+    stage_text = ", ".join(f"{k} {_num(v)}" for k, v in stages.items())
+    rows: list[Row] = [(
+        "end to end", f"`Analyzer.analyze` warm latency ({p.get('embedder', '?')} embedder)",
+        _num(p.get("warm_total_s"), unit=" s") + (f" ({stage_text})" if stage_text else ""),
+        f"budget {_num(d.get('budget_s'), unit=' s')}; cold first call "
+        f"{_num(_get(p, 'cold', 'first_call_s'), unit=' s')}",
+        _ratio(_get(p, "cold", "first_call_s"), p.get("warm_total_s")) + " (cold/warm)",
+        d.get("data", "?"), m)]
+    hop = d.get("chosen_openl3_query_hop_s")
+    if "chosen_openl3_query_hop_s" in d:
+        rows.append(("end to end", "OpenL3 query hop that fits the budget",
+                     f"{hop} s" if hop is not None else "none fits", "-", "-",
+                     "mel256, random weights, same song", m))
+    return rows
+
+
+def _real_detection(d: dict) -> list[Row]:
+    m = machine_of(d)
+    splits = _get(d, "data", "splits", default={})
+    data = "; ".join(f"{s}: {', '.join(v.get('packages', []))} ({v.get('tracks', '?')} tracks, "
+                     f"{v.get('excerpts', '?')} excerpts)" for s, v in splits.items())
+    data = f"real Debian soundtracks, 10 s excerpts, paired human/ai; {data}"
+    rows: list[Row] = []
+    for name, v in d.get("variants", {}).items():
+        attempts = v.get("attempts", [])
+        first, last = (attempts[0], attempts[-1]) if attempts else ({}, {})
+        t = last.get("test", {})
+        tried = (f" (first try {_num(_get(first, 'test', 'roc_auc'), 4)}, "
+                 f"{len(attempts)} attempts)" if len(attempts) > 1 else "")
+        rows.append((
+            "real detection", f"tiny, ai = `{name}` round trip: test ROC-AUC",
+            f"{_num(t.get('roc_auc'), 4)}{tried}; acc {_num(t.get('accuracy'))}, F1 "
+            f"{_num(t.get('f1'))}, FPR on human {_num(t.get('fpr_on_human'))}; train "
+            f"{_num(_get(last, 'timings_s', 'train_call_wall'))} s",
+            f"target {d.get('target_test_roc_auc', '?')}",
+            "met" if v.get("meets_target") else "NOT met", data, m))
+    return rows
+
+
+def _generic(d: dict, area: str) -> list[Row]:
+    """Rows for a results file whose layout this table does not know yet: its top-level
+    numbers (and one level below), so that a new benchmark is visible before it is styled."""
+    found = []
+    for key, value in d.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            found.append((key, value))
+        elif isinstance(value, dict):
+            found += [(f"{key}.{k}", v) for k, v in value.items()
+                      if isinstance(v, int | float) and not isinstance(v, bool)]
+    text = "; ".join(f"{k} {_num(v)}" for k, v in found[:8]) or "(no top-level numbers)"
+    return [(area, "headline numbers (layout not known to the table)", text, "-", "-",
+             str(d.get("data", d.get("description", "?")))[:120], machine_of(d))]
+
+
+def _robustness(d: dict) -> list[Row]:
+    return _generic(d, "robustness")
+
+
+#: Results files, in table order: (file name or glob, builder, area if missing).
+SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
+    ("preprocess.json", _preprocess, "preprocess"),
+    ("embedding_cpu.json", _embedding, "embedding"),
+    ("embedding_cuda.json", _embedding, "embedding"),
+    ("classifier_cpu.json", _classifier, "classifier"),
+    ("classifier_cpu_tiny_1thread.json", _classifier, "classifier"),
+    ("classifier_cuda.json", _classifier, "classifier"),
+    ("index.json", _index, "index"),
+    ("end_to_end.json", _end_to_end, "end to end"),
+    ("robustness.json", _robustness, "robustness"),
+    ("real_detection.json", _real_detection, "real detection"),
+]
+#: Files that only some machines produce: no "not run" row when they are absent.
+OPTIONAL = {"embedding_cuda.json", "classifier_cuda.json"}
+
+
+def build_table(results_dir: str | os.PathLike = RESULTS) -> str:
+    """One Markdown table of the headline numbers of every results JSON in `results_dir`.
+
+    Missing files give a "not run" row; a file whose keys differ from what is expected gives
+    "?" in the affected cells instead of an error, so the table always builds.
+
+    Parameters
+    ----------
+    results_dir : str or path-like
+        The folder holding the benchmarks' JSON files.
+
+    Returns
+    -------
+    str
+        Markdown: a title, a note on how to read it, and the table.
+    """
+    results_dir = Path(results_dir)
+    rows: list[Row] = []
+    known = {name for name, _, _ in SECTIONS}
+    for name, builder, area in SECTIONS:
+        data = _load(results_dir, name)
+        if data is None:
+            if name not in OPTIONAL:
+                rows.append((area, f"`{name}`", "not run", "-", "-", "-", "-"))
+            continue
+        if "_error" in data:
+            rows.append((area, f"`{name}`", data["_error"], "-", "-", "-", "-"))
+            continue
+        label = " (1 thread)" if "1thread" in name else ""
+        try:
+            got = builder(data, label) if builder is _classifier else builder(data)
+        except Exception as err:  # noqa: BLE001 - a changed layout must not stop the table
+            got = [(area, f"`{name}`", f"could not summarise ({err.__class__.__name__}: "
+                    f"{err})", "-", "-", "-", machine_of(data))]
+        rows += got or [(area, f"`{name}`", "no results in file", "-", "-", "-", "-")]
+    for path in sorted(results_dir.glob("*.json")):  # files no section knows yet
+        if path.name not in known:
+            data = _load(results_dir, path.name) or {}
+            if "_error" not in data:
+                rows += _generic(data, path.stem)
+    order = {area: i for i, area in enumerate(AREA_ORDER)}
+    rows.sort(key=lambda row: order.get(row[0], len(order)))  # stable: file order within
+    lines = [
+        "# Benchmark results",
+        "",
+        "Built by `python -m benchmarks --table-only` from the JSON files in this folder; "
+        "rerun it after any benchmark. Every ratio compares two measurements taken in the "
+        "same run on the same machine (except OpenL3 vs the quoted TensorFlow figure, which "
+        "was not measured here). Wall-clock times on a shared machine: the load average is "
+        "given with the machine; read ratios, not absolute seconds, across machines.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---" for _ in HEADER) + "|",
+    ]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def write_table(results_dir: str | os.PathLike = RESULTS) -> Path:
+    """Write `build_table`'s Markdown to ``results_dir/TABLE.md`` (atomically)."""
+    results_dir = Path(results_dir)
+    path = results_dir / "TABLE.md"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(build_table(results_dir))
+    os.replace(tmp, path)
+    return path
+
+
+def _names(text: str | None) -> list[str]:
+    names = [n.strip().removesuffix(".py") for n in (text or "").split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated benchmarks to run, e.g. index,preprocess")
+    parser.add_argument("--skip", help="comma-separated benchmarks not to run")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing; rebuild results/TABLE.md from the existing JSON")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args(argv)
+    failed = False
+    if not args.table_only:
+        names = _names(args.only) or list(BENCHMARKS)
+        skip = set(_names(args.skip))
+        outcome = run_benchmarks([n for n in names if n not in skip])
+        failed = any(o["status"].startswith("failed") for o in outcome.values())
+        for name, o in outcome.items():
+            print(f"{name:15s} {o['status']:15s} {o['seconds']:8.1f} s")
+    path = write_table(args.results)
+    print(f"wrote {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

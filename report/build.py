@@ -1,0 +1,207 @@
+"""Build the report from results files: ``python report/build.py [--demo-dir demo_out]``.
+
+Every table in ``report/report.md`` is generated here from JSON that repository code wrote:
+
+* ``report/results/demo_*.json``: snapshots of a ``python -m helpers demo`` run (taken from
+  ``--demo-dir`` when given, so a fresh run refreshes them);
+* ``benchmarks/results/*.json``: the benchmark scripts' outputs.
+
+``report/template.md`` holds the prose with ``{{name}}`` placeholders; each placeholder is
+replaced by the table `TABLES[name]` makes, or by a line saying which results file is missing.
+Figures are regenerated into ``figures/`` from the demo run. Re-running on SONICS results (from
+Colab) refreshes the numbers the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "report" / "results"
+BENCH = ROOT / "benchmarks" / "results"
+FIGURES = ROOT / "figures"
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _missing(name: str) -> str:
+    return f"*Not measured yet: `{name}` is missing; run the script that writes it.*"
+
+
+def snapshot_demo(demo_dir: Path) -> None:
+    """Copy a demo run's results into report/results and its figures into figures/."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    FIGURES.mkdir(exist_ok=True)
+    shutil.copy(demo_dir / "metrics.json", RESULTS / "demo_metrics.json")
+    shutil.copy(demo_dir / "run" / "eval_test" / "metrics.json",
+                RESULTS / "demo_classifier_test.json")
+    shutil.copy(demo_dir / "recommendations.json", RESULTS / "demo_recommendations.json")
+    for png in (demo_dir / "run" / "eval_test" / "figures").glob("*.png"):
+        shutil.copy(png, FIGURES / f"demo_{png.name}")
+    _embedding_figures(demo_dir)
+
+
+def _embedding_figures(demo_dir: Path) -> None:
+    from helpers.index import CatalogIndex
+    from helpers.plots import save_figure
+    from helpers.plots_embed import plot_per_genre_precision, plot_tsne
+    from helpers.retrieval import tsne_2d
+
+    index = CatalogIndex.load(demo_dir / "index")
+    fig = plot_tsne(tsne_2d(index.vectors, seed=0), index.catalog["genre"].tolist(),
+                    title=f"Demo human catalog, {index.embedder_config['name']} embedder (t-SNE)")
+    save_figure(fig, FIGURES / "demo_tsne.png")
+    retrieval = json.loads((demo_dir / "metrics.json").read_text())["retrieval"]["style_loo"]
+    fig = plot_per_genre_precision({k: v["per_label"] for k, v in retrieval.items()}, k=5)
+    save_figure(fig, FIGURES / "demo_per_style_precision.png")
+
+
+def t_demo_classifier() -> str:
+    m = _load(RESULTS / "demo_classifier_test.json")
+    if m is None:
+        return _missing("report/results/demo_classifier_test.json")
+    rows = [["at the max-F1 threshold (val)", m["threshold"]] + [m["at_threshold"].get(k) for k in (
+        "accuracy", "f1", "sensitivity", "specificity")],
+        [f"at {m['target_fpr']:.0%} FPR on human (val)", m["fpr_threshold"]]
+        + [m["at_fpr_threshold"].get(k) for k in ("accuracy", "f1", "sensitivity",
+                                                  "specificity")]]
+    head = (f"Test split of the synthetic demo corpus: n = {m['n']} ({m['n_ai']} AI, "
+            f"{m['n_human']} human); ROC-AUC {_fmt(m['roc_auc'])}, PR-AUC {_fmt(m['pr_auc'])}; "
+            f"ECE {_fmt(m['ece']['before'])} before and {_fmt(m['ece']['after'])} after "
+            f"temperature scaling (T = {_fmt(m['temperature'])}).\n\n")
+    return head + _table(["operating point", "threshold P(AI)", "accuracy", "F1",
+                          "sensitivity", "specificity"], rows)
+
+
+def t_demo_retrieval() -> str:
+    m = _load(RESULTS / "demo_metrics.json")
+    if m is None:
+        return _missing("report/results/demo_metrics.json")
+    r = m["retrieval"]
+    rows = [[f"leave-one-out, {name.replace('_', ' ')}", v["n_queries"], v["precision_at_k"],
+             v["map_at_k"]] for name, v in r["style_loo"].items()]
+    ai = r["ai_query_style_precision"]
+    rows.append(["AI test clips as queries", ai["n_queries"], ai["precision_at_k"], None])
+    return (f"Embedder: `{r['embedder']}`; K = 5; relevant = same style. Synthetic demo "
+            "corpus.\n\n" + _table(["queries", "n", "precision@5", "mAP@5"], rows))
+
+
+def t_demo_recommendations() -> str:
+    recs = _load(RESULTS / "demo_recommendations.json")
+    if recs is None:
+        return _missing("report/results/demo_recommendations.json")
+    rows = []
+    for r in recs:
+        top = r["recommendations"][0] if r.get("recommendations") else {}
+        styles = [x["genre"] for x in r.get("recommendations", [])]
+        rows.append([Path(r["input"]).name, r["true_label"], r.get("p_ai"), r.get("verdict"),
+                     f"{styles.count(r['true_style'])}/{len(styles)}" if styles else "–",
+                     top.get("similarity")])
+    return _table(["clip", "true label", "P(AI)", "decision", "top-5 in the clip's style",
+                   "top-1 cosine"], rows)
+
+
+def t_openl3_parity() -> str:
+    m = _load(BENCH / "openl3_parity.json")
+    if m is None:
+        return _missing("benchmarks/results/openl3_parity.json")
+    lim = m["limits"]
+    rows = [
+        ["1. resampled audio, max abs", m["check1_audio_48k_max_abs"],
+         lim["check1_audio_48k_max_abs"]],
+        ["2. log-mel front end, max abs dB (expected > -60 dB)",
+         m["check2_logmel_max_abs_db_above_-60"], lim["check2_logmel_max_abs_db_above_-60"]],
+        ["2. log-mel front end, mean abs dB", m["check2_logmel_mean_abs_db"],
+         lim["check2_logmel_mean_abs_db"]],
+        ["3. conv stack, max abs", m["check3_conv_max_abs"], lim["check3_conv_max_abs"]],
+        ["3. conv stack, relative L2 per frame (max)", m["check3_conv_rel_l2_max"],
+         lim["check3_conv_rel_l2_max"]],
+        ["4. end to end (BN fused), relative L2 per frame (max)", m["check4_fused_rel_l2_max"],
+         lim["check4_rel_l2_max"]],
+        ["4. end to end (BN fused), mean abs", m["check4_fused_mean_abs"],
+         lim["check4_mean_abs"]],
+    ]
+    rows = [[name, f"{got:.2e}", f"{limit:g}"] for name, got, limit in rows]
+    return _table(["check", "measured", "limit"], rows)
+
+
+def t_real_detection() -> str:
+    m = _load(BENCH / "real_detection.json")
+    if m is None:
+        return _missing("benchmarks/results/real_detection.json")
+    return "```json\n" + json.dumps({k: v for k, v in m.items() if k != "machine"}, indent=1)[
+        :3000] + "\n```"
+
+
+def t_robustness() -> str:
+    m = _load(BENCH / "robustness.json")
+    if m is None:
+        return _missing("benchmarks/results/robustness.json")
+    return "```json\n" + json.dumps(m, indent=1)[:3000] + "\n```"
+
+
+def t_benchmarks() -> str:
+    table = BENCH / "TABLE.md"
+    return table.read_text() if table.exists() else _missing("benchmarks/results/TABLE.md")
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "demo_classifier": t_demo_classifier,
+    "demo_retrieval": t_demo_retrieval,
+    "demo_recommendations": t_demo_recommendations,
+    "openl3_parity": t_openl3_parity,
+    "real_detection": t_real_detection,
+    "robustness": t_robustness,
+    "benchmarks": t_benchmarks,
+}
+
+
+def render(template: str) -> str:
+    """Replace every ``{{name}}`` with its generated table."""
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in TABLES:
+            raise KeyError(f"report/template.md uses unknown table {{{{{name}}}}}")
+        return TABLES[name]()
+
+    return re.sub(r"\{\{(\w+)\}\}", fill, template)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo-dir", default=None,
+                        help="a finished `python -m helpers demo` folder to snapshot first")
+    args = parser.parse_args(argv)
+    if args.demo_dir:
+        snapshot_demo(Path(args.demo_dir))
+    text = render((ROOT / "report" / "template.md").read_text())
+    header = ("<!-- Generated by report/build.py from report/template.md and the results "
+              "files; edit those, not this file. -->\n\n")
+    (ROOT / "report" / "report.md").write_text(header + text)
+    print(f"wrote {ROOT / 'report' / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
