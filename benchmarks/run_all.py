@@ -114,11 +114,14 @@ def _ratio(num: Any, den: Any) -> str:
 def _load(results_dir: Path, name: str) -> dict | None:
     path = results_dir / name
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:
         return {"_error": f"unreadable ({err.__class__.__name__})"}
+    if not isinstance(data, dict):
+        return {"_error": f"unexpected layout (a JSON {type(data).__name__}, not an object)"}
+    return data
 
 
 def machine_of(data: dict) -> str:
@@ -303,14 +306,18 @@ def _real_detection(d: dict) -> list[Row]:
     rows: list[Row] = []
     for name, v in d.get("variants", {}).items():
         attempts = v.get("attempts", [])
-        first, last = (attempts[0], attempts[-1]) if attempts else ({}, {})
+        first = attempts[0] if attempts else {}
+        # The reported attempt: the one whose test ROC-AUC the file names as the result.
+        last = next((a for a in attempts if _get(a, "test", "roc_auc") == v.get("test_roc_auc")),
+                    attempts[-1] if attempts else {})
         t = last.get("test", {})
         tried = (f" (first try {_num(_get(first, 'test', 'roc_auc'), 4)}, "
                  f"{len(attempts)} attempts)" if len(attempts) > 1 else "")
         rows.append((
             "real detection", f"tiny, ai = `{name}` round trip: test ROC-AUC",
             f"{_num(t.get('roc_auc'), 4)}{tried}; acc {_num(t.get('accuracy'))}, F1 "
-            f"{_num(t.get('f1'))}, FPR on human {_num(t.get('fpr_on_human'))}; train "
+            f"{_num(t.get('f1'))}, FPR on human {_num(t.get('fpr_on_human'))}, pairs ranked "
+            f"right {_num(t.get('paired_accuracy'))}; train "
             f"{_num(_get(last, 'timings_s', 'train_call_wall'))} s",
             f"target {d.get('target_test_roc_auc', '?')}",
             "met" if v.get("meets_target") else "NOT met", data, m))

@@ -229,3 +229,39 @@ def plot_spectrograms(
     axes[0].set_ylabel("Mel bin")
     fig.colorbar(image, ax=axes, label="dB", shrink=0.9)
     return fig
+
+
+def plot_robustness(
+    perturbations: list[str], runs: dict[str, tuple[Any, Any]], title: str = ""
+) -> Figure:
+    """Grouped bars of ROC-AUC and false-positive rate on human music per perturbation.
+
+    Parameters
+    ----------
+    perturbations : list of str, length p
+        Bar-group labels (``"clean"`` first, as `helpers.robustness.evaluate_robustness` gives).
+    runs : dict
+        Run name → ``(roc_auc, fpr_on_human)``, each array-like of shape (p,); e.g.
+        ``{"no augmentation": (...), "perturbation augmentation": (...)}``.
+    title : str
+        Figure title (say which data it was measured on).
+    """
+    set_style()
+    fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.55 * len(perturbations) + 2), 7.5),
+                             layout="constrained", sharex=True)
+    x = np.arange(len(perturbations))
+    width = 0.8 / max(len(runs), 1)
+    colors = [NEUTRAL_COLOR, HUMAN_COLOR, AI_COLOR, "#F0A202"]
+    for i, (name, (roc_auc, fpr)) in enumerate(runs.items()):
+        offset = (i - (len(runs) - 1) / 2) * width
+        for ax, values in zip(axes, (roc_auc, fpr)):
+            ax.bar(x + offset, np.asarray(values, float), width, label=name,
+                   color=colors[i % len(colors)])
+    axes[0].axhline(0.5, ls="--", color=NEUTRAL_COLOR, lw=1)
+    axes[0].set(ylabel="ROC-AUC", ylim=(0, 1.02))
+    axes[1].set(ylabel="FPR on human music\n(at the run's threshold)", ylim=(0, 1.02))
+    axes[0].legend(loc="lower left", fontsize=9)
+    axes[1].set_xticks(x, perturbations, rotation=45, ha="right")
+    if title:
+        fig.suptitle(title)
+    return fig

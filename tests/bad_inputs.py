@@ -129,7 +129,7 @@ def write_long_wav(path: str | os.PathLike, hours: float = 2.0, sr: int = 8_000,
     path = Path(path)
     total = int(hours * 3600 * sr)
     block = int(block_seconds * sr)
-    base = tone(block_seconds, sr, 440.0, seed=10)
+    base = (tone(block_seconds, sr, 440.0, seed=10) * 32767).astype(np.int16)  # no conversion
     with sf.SoundFile(path, "w", samplerate=sr, channels=1, subtype="PCM_16") as f:
         for start in range(0, total, block):
             f.write(base[: min(block, total - start)])
