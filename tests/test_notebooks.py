@@ -34,7 +34,8 @@ def test_notebooks_run_in_demo_mode(tmp_path, monkeypatch):
     assert all(len(r["recommendations"]) == 5 for r in flagged)
     retrieval = json.loads(next((work / "indexes").glob("demo_*/retrieval.json")).read_text())
     assert retrieval["all_neighbours"]["precision_at_k"] > 0.5
-    for png in ("02_spectrograms.png", "03_training_curves.png", "05_tsne.png"):
+    for png in ("02_spectrograms.png", "03_training_curves.png", "04_robustness.png",
+                "05_tsne.png"):
         assert (figures / png).stat().st_size > 10_000
 
 
