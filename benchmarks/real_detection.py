@@ -115,14 +115,15 @@ def _level(y: np.ndarray, key: str) -> np.ndarray:
     return normalize_loudness(y, TARGET_RMS_DBFS + LEVEL_JITTER_DB * jitter)
 
 
-def _build_track(track: dict, audio_dir: str, out_dir: str, variants: list[str]) -> list[dict]:
+def _build_track(track: dict, audio_dir: str, out_dir: str, variants: list[str],
+                 max_excerpts: int | None = None) -> list[dict]:
     """Cut one track into excerpts and write each excerpt's human and ai versions."""
     y, sr = read_audio(Path(audio_dir) / track["path"], max_seconds=None)
     y = resample(y, sr, SAMPLE_RATE)
     n = int(EXCERPT_S * SAMPLE_RATE)
     package, title = track["source"], _safe(track["title"])
     rows = []
-    for k in range(len(y) // n):
+    for k in range(min(len(y) // n, max_excerpts or len(y))):
         excerpt = y[k * n:(k + 1) * n].astype(np.float64)
         rms_db = 20 * np.log10(np.sqrt(np.mean(excerpt**2)) + 1e-12)
         if rms_db < MIN_RMS_DBFS:
@@ -154,7 +155,8 @@ def _one_blas_thread() -> None:
 
 
 def build_corpus(
-    audio_dir: Path, out_dir: Path, variants: list[str], n_jobs: int = 2
+    audio_dir: Path, out_dir: Path, variants: list[str], n_jobs: int = 2,
+    packages: tuple[str, ...] = tuple(DEFAULT_PACKAGES), max_excerpts: int | None = None,
 ) -> pd.DataFrame:
     """Write every excerpt's versions under `out_dir` and return the full table.
 
@@ -166,8 +168,11 @@ def build_corpus(
         One row per WAV: manifest columns plus ``variant`` (``""`` for human), ``excerpt_id``
         and ``start_s``; paths relative to `out_dir`.
     """
-    tracks = pd.read_csv(fetch_real_audio(audio_dir, DEFAULT_PACKAGES))
-    args = [(t, str(audio_dir), str(out_dir), variants) for t in tracks.to_dict("records")]
+    tracks = pd.read_csv(fetch_real_audio(audio_dir, packages))
+    # The cap keeps the extra widelands composer CPU-sized; the other packages stay whole.
+    args = [(t, str(audio_dir), str(out_dir), variants,
+             max_excerpts if t["source"] == "widelands-data" else None)
+            for t in tracks.to_dict("records")]
     if n_jobs <= 1:
         _one_blas_thread()
         parts = [_build_track(*a) for a in args]
@@ -290,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs of the one retry when test ROC-AUC < --target (0: none)")
     parser.add_argument("--target", type=float, default=0.99)
     parser.add_argument("--n-jobs", type=int, default=2, help="processes building the corpus")
+    parser.add_argument("--with-widelands", action="store_true",
+                        help="add widelands-data (147 tracks, 381 MB) to the training composers")
+    parser.add_argument("--max-excerpts-per-track", type=int, default=None,
+                        help="cap excerpts per widelands track (keeps it CPU-sized)")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     work = args.work.resolve()
@@ -297,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"building excerpts ({', '.join(args.variants)}) ...", flush=True)
     t0 = time.perf_counter()
-    table = build_corpus(args.audio.resolve(), work, args.variants, args.n_jobs)
+    packages = (*DEFAULT_PACKAGES, *(["widelands-data"] if args.with_widelands else []))
+    table = build_corpus(args.audio.resolve(), work, args.variants, args.n_jobs, packages,
+                         args.max_excerpts_per_track)
     build_s = time.perf_counter() - t0
     _write_manifest(table, work / "all_clips.csv")
     data = describe(table)

@@ -355,9 +355,10 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("end_to_end.json", _end_to_end, "end to end"),
     ("robustness.json", _robustness, "robustness"),
     ("real_detection.json", _real_detection, "real detection"),
+    ("real_detection_widelands.json", _real_detection, "real detection"),
 ]
 #: Files that only some machines produce: no "not run" row when they are absent.
-OPTIONAL = {"embedding_cuda.json", "classifier_cuda.json"}
+OPTIONAL = {"embedding_cuda.json", "classifier_cuda.json", "real_detection_widelands.json"}
 
 
 def build_table(results_dir: str | os.PathLike = RESULTS) -> str:

@@ -147,9 +147,18 @@ def t_openl3_parity() -> str:
 
 
 def t_real_detection() -> str:
-    m = _load(BENCH / "real_detection.json")
-    if m is None:
-        return _missing("benchmarks/results/real_detection.json")
+    parts = []
+    for name, title in (("real_detection.json", "One training composer (extremetuxracer)"),
+                        ("real_detection_widelands.json",
+                         "Two training composers (+ widelands, 3 excerpts per track)")):
+        m = _load(BENCH / name)
+        parts.append(f"**{title}** (`benchmarks/results/{name}`).\n\n"
+                     + (_missing(f"benchmarks/results/{name}") if m is None
+                        else _real_detection_table(m)))
+    return "\n\n".join(parts)
+
+
+def _real_detection_table(m: dict) -> str:
     splits = m["data"]["splits"]
     head = ("Data: " + "; ".join(
         f"{name} = {', '.join(v['packages'])} ({v['tracks']} tracks, {v['excerpts']} excerpts "
