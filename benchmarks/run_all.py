@@ -193,8 +193,9 @@ def _embedding(d: dict) -> list[Row]:
     for r in d.get("results", []):
         speed = r.get("speedup_vs_reference_tf_cpu")
         rows.append((
-            "embedding", f"OpenL3 {r.get('input_repr', '?')} {r.get('dtype', '')}, hop "
-            f"{r.get('hop_s', '?')} s",
+            "embedding", f"OpenL3 {r.get('input_repr', '?')} {r.get('dtype', '')}"
+            f"{', channels-last' if _get(d, 'settings', 'channels_last', default=False) else ''}"
+            f", hop {r.get('hop_s', '?')} s",
             f"{_num(r.get('x_realtime'))}x realtime ({_num(r.get('seconds_per_clip'))} s/clip)",
             f"quoted TF CPU: {_num(ref)} s/clip (not measured here)" if speed is not None
             else "-",
@@ -347,6 +348,7 @@ def _robustness(d: dict) -> list[Row]:
 SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("preprocess.json", _preprocess, "preprocess"),
     ("embedding_cpu.json", _embedding, "embedding"),
+    ("embedding_cpu_channels_last.json", _embedding, "embedding"),
     ("embedding_cuda.json", _embedding, "embedding"),
     ("classifier_cpu.json", _classifier, "classifier"),
     ("classifier_cpu_tiny_1thread.json", _classifier, "classifier"),
@@ -358,7 +360,8 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("real_detection_widelands.json", _real_detection, "real detection"),
 ]
 #: Files that only some machines produce: no "not run" row when they are absent.
-OPTIONAL = {"embedding_cuda.json", "classifier_cuda.json", "real_detection_widelands.json"}
+OPTIONAL = {"embedding_cuda.json", "embedding_cpu_channels_last.json", "classifier_cuda.json",
+            "real_detection_widelands.json"}
 
 
 def build_table(results_dir: str | os.PathLike = RESULTS) -> str:

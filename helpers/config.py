@@ -97,14 +97,14 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n")
     os.replace(tmp, path)
 
 
-def _json_default(obj: Any) -> Any:
-    # numpy scalars and paths show up in results dicts; store them as plain JSON values.
-    if hasattr(obj, "item"):
-        return obj.item()
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars/arrays and paths: plain JSON values."""
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays alike
+        return obj.tolist()
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"cannot store {type(obj).__name__} as JSON")

@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from helpers.audio import read_audio, resample
+from helpers.config import json_default
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,7 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 def _canonical(data: Any) -> Any:
     """JSON round trip, so configs compare equal before and after being stored."""
-    return json.loads(json.dumps(data, sort_keys=True, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in an embedder config")
+    return json.loads(json.dumps(data, sort_keys=True, default=json_default))
 
 
 def file_fingerprint(path: str | os.PathLike) -> dict[str, str]:

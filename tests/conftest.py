@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 
 def tone(seconds: float, sr: int, freq: float = 440.0, channels: int = 1,
@@ -44,3 +45,13 @@ def audio_folder(tmp_path: Path) -> Path:
             sf.write(path, tone(2.0, 22_050, base + 20 * i, seed=i), 22_050)
     (root / "human" / "broken.wav").write_bytes(b"RIFF\x00\x00not really a wave file")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module: small tensors gain nothing from more, and on a
+    busy 2-core CI box OpenMP's spinning threads make them many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

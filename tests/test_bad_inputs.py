@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 from bad_inputs import EITHER, ERRORS, NON_UTF8_NAME, READABLE, make_bad_corpus, write_long_wav
 from conftest import tone
 
@@ -37,12 +36,7 @@ FAILING = set(ERRORS) | (set() if IS_ROOT else {"unreadable"})
 TEST_SPLIT_BAD = ("nan", "zero_byte")  # bad files placed in the test split
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,7 @@ FRONT = FrontEndConfig(duration=2.0)
 EPOCHS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 120.0) -> None:

@@ -20,14 +20,7 @@ from helpers.model import (
 TINY_10S = model_config_for("tiny", n_mels=128, n_frames=313)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: small tensors gain nothing from more, and on a busy 2-core CI box
-    OpenMP's spinning threads make them many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mel(batch: int, config: ModelConfig, seed: int = 0) -> torch.Tensor:

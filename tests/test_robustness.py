@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 
 from helpers.config import FrontEndConfig
 from helpers.robustness import (
@@ -23,12 +22,7 @@ from helpers.train import TrainConfig, train
 SR = 22_050
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _music(seconds: float, sr: int, seed: int = 0) -> np.ndarray:

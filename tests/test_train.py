@@ -26,14 +26,7 @@ FRONTEND = FrontEndConfig(duration=2.0)  # 63 frames: tiny and fast
 FAST = TrainConfig(epochs=2, batch_size=8, lr=2e-3, device="cpu", patience=0, seed=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: small tensors gain nothing from more, and on a busy 2-core CI box
-    OpenMP's spinning threads make them many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _clip(label: str, rng: np.random.Generator) -> np.ndarray:
