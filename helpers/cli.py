@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 EPILOG = "Data flows: download/synth -> preprocess -> train -> evaluate; index -> recommend."
 
@@ -45,7 +44,8 @@ def _frontend(args: argparse.Namespace):
         overrides["sample_rate"] = args.sample_rate
     if args.codec is not None:
         overrides["codec"] = None if args.codec == "none" else args.codec
-    return FrontEndConfig(**overrides)
+    # No flags: let the stage choose (an existing cache's frontend.json, else the defaults).
+    return FrontEndConfig(**overrides) if overrides else None
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -60,8 +60,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from helpers.synth import SynthConfig, make_corpus
 
     config = SynthConfig(n_per_style_per_label=args.per_style, seed=args.seed)
-    out = make_corpus(args.out, config)
-    print(f"demo corpus written: {Path(out) / 'manifest.csv'}")
+    manifest = make_corpus(args.out, config)
+    print(f"demo corpus written: {manifest}")
     return 0
 
 
