@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from helpers.cli import build_parser, main
@@ -50,3 +51,10 @@ def test_recommend_names_a_missing_run(tmp_path, capsys):
 def test_parser_defaults_are_the_documented_ones():
     args = build_parser().parse_args(["recommend", "a.mp3", "--run", "r", "--index", "i"])
     assert args.k == 5 and args.threshold is None and not args.windows
+
+
+def test_synth_writes_the_corpus_and_prints_its_manifest(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "demo"), "--per-style", "1"]) == 0
+    printed = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    assert printed == str(tmp_path / "demo" / "manifest.csv")
+    assert len(pd.read_csv(printed)) == 12  # 6 styles x 2 labels
