@@ -39,6 +39,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "end_to_end": [],
     "robustness": [],
     "real_detection": [],
+    "real_robustness": [],
 }
 
 
@@ -127,7 +128,7 @@ def _load(results_dir: Path, name: str) -> dict | None:
 def machine_of(data: dict) -> str:
     """A short machine description from whichever layout a results file uses."""
     m = data.get("machine") or data.get("environment") or {}
-    cpus = m.get("cpu_count", data.get("cpu_count"))
+    cpus = m.get("cpu_count", m.get("cpus", data.get("cpu_count")))
     device = data.get("device") if isinstance(data.get("device"), str) else m.get("device")
     cpu = m.get("cpu") or m.get("processor") or data.get("device_name")
     torch = m.get("torch", data.get("torch"))
@@ -340,8 +341,46 @@ def _generic(d: dict, area: str) -> list[Row]:
              str(d.get("data", d.get("description", "?")))[:120], machine_of(d))]
 
 
+def _shift(r: dict) -> str:
+    """Mean P(AI) shift between a song's MP3 and WAV copies, its 95 % CI and the verdict."""
+    lo, hi = r.get("mean_dp_ci", (float("nan"), float("nan")))
+    verdict = "at chance" if r.get("at_chance") else "NOT at chance"
+    return f"{r['mean_dp']:+.4f} [{lo:+.4f}, {hi:+.4f}], {verdict}"
+
+
 def _robustness(d: dict) -> list[Row]:
-    return _generic(d, "robustness")
+    """Clean and worst-perturbation ROC-AUC, plain vs augmented; then the codec confound."""
+    if "table_plain" not in d:
+        return _generic(d, "robustness")
+    m, data = machine_of(d), str(d.get("data", "?"))[:120]
+    rows: list[Row] = []
+    plain = {r["perturbation"]: r for r in d["table_plain"]}
+    aug = {r["perturbation"]: r for r in d.get("table_augmented", [])}
+    copies = _get(d, "runs", "augmentation", "copies_per_train_clip", default="?")
+    for label, pick in (("clean", lambda t: t.get("clean", {})),
+                        ("worst perturbation", lambda t: min(
+                            (r for k, r in t.items() if k != "clean"),
+                            key=lambda r: r.get("roc_auc", 1.0), default={}))):
+        a, b = pick(plain), pick(aug)
+        rows.append(("robustness", f"{label} test ROC-AUC, plain run (augmented run with "
+                     f"{copies} perturbed copies/clip as baseline)",
+                     f"{_num(a.get('roc_auc'))} ({a.get('perturbation', '-')})",
+                     f"{_num(b.get('roc_auc'))} ({b.get('perturbation', '-')})",
+                     _num(a["roc_auc"] / b["roc_auc"]) if a.get("roc_auc") and b.get("roc_auc")
+                     else "-", f"{data} (n = {d.get('n_test_clips', '?')})", m))
+    conf = d.get("codec_confound", {})
+    by_rate = conf.get("by_source_bitrate", {})
+    for key, c in sorted(by_rate.items(), key=lambda kv: kv[1].get("bitrate_kbps", 0)):
+        runs = c.get("classifiers", {})
+        if "confounded" not in runs or "confounded + control" not in runs:
+            continue
+        a, b = runs["confounded + control"], runs["confounded"]
+        rows.append(("robustness", f"codec confound, human songs as WAV vs {key} MP3: mean "
+                     f"P(AI) shift of the run with the control (baseline: without it), both "
+                     f"trained with AI songs as {conf.get('ai_kbps', '?')} kbps MP3",
+                     _shift(a), _shift(b), "-",
+                     f"{data}; {c.get('n_songs', '?')} songs", m))
+    return rows
 
 
 #: Results files, in table order: (file name or glob, builder, area if missing).
@@ -358,6 +397,7 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("robustness.json", _robustness, "robustness"),
     ("real_detection.json", _real_detection, "real detection"),
     ("real_detection_widelands.json", _real_detection, "real detection"),
+    ("real_robustness.json", _robustness, "robustness"),
 ]
 #: Files that only some machines produce: no "not run" row when they are absent.
 OPTIONAL = {"embedding_cuda.json", "embedding_cpu_channels_last.json", "classifier_cuda.json",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import librosa
 import numpy as np
+import scipy.signal
 import soundfile as sf
 import soxr
 import torch
@@ -33,6 +34,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".
 
 _SILENCE_PEAK = 1e-5  # -100 dBFS: below this a clip carries no music to classify
 _AMIN = 1e-10  # floor of the power mel spectrogram before the log
+_MAX_PRIMING = 4 * 1152  # generous bound on an MP3 encoder delay, in samples
 
 
 class AudioError(ValueError):
@@ -132,6 +134,26 @@ def fit_length(y: np.ndarray, n_samples: int, pad_mode: str = "zero") -> np.ndar
     return np.pad(y, (0, n_samples - len(y)))
 
 
+def write_mp3(target: str | os.PathLike | io.BytesIO, y: np.ndarray, sr: int,
+              bitrate_kbps: int = 128) -> None:
+    """Write mono audio as constant-bitrate MP3 (LAME through libsndfile).
+
+    Parameters
+    ----------
+    target : str, path-like or file-like
+    y : np.ndarray, shape (samples,)
+    sr : int
+        Sample rate; MP3 supports 8 to 48 kHz.
+    bitrate_kbps : int
+        Target constant bitrate; clipped to what the rate's MPEG version offers.
+    """
+    # libsndfile maps a compression level in [0, 1) linearly onto the bitrates of the MPEG
+    # version the rate implies: MPEG-1 (32-48 kHz) spans 320..32 kbps, MPEG-2/2.5 160..8 kbps.
+    hi, lo = (320, 32) if sr >= 32_000 else (160, 8)
+    level = float(np.clip((hi - bitrate_kbps) / (hi - lo), 0.0, 0.99))
+    sf.write(target, y, sr, format="MP3", compression_level=level, bitrate_mode="CONSTANT")
+
+
 def codec_round_trip(y: np.ndarray, sr: int, bitrate_kbps: int = 128) -> np.ndarray:
     """Encode to constant-bitrate MP3 in memory and decode again (the confound control).
 
@@ -146,17 +168,29 @@ def codec_round_trip(y: np.ndarray, sr: int, bitrate_kbps: int = 128) -> np.ndar
     Returns
     -------
     np.ndarray, shape (samples,), float32
-        Same length as `y` (the encoder's priming delay is cut, its tail padded).
+        Same length and timing as `y`: the encoder's priming delay is cut, its tail padded.
     """
-    # libsndfile maps a compression level in [0, 1) linearly onto the bitrates of the MPEG
-    # version the rate implies: MPEG-1 (32-48 kHz) spans 320..32 kbps, MPEG-2/2.5 160..8 kbps.
-    hi, lo = (320, 32) if sr >= 32_000 else (160, 8)
-    level = float(np.clip((hi - bitrate_kbps) / (hi - lo), 0.0, 0.99))
     buf = io.BytesIO()
-    sf.write(buf, y, sr, format="MP3", compression_level=level, bitrate_mode="CONSTANT")
+    write_mp3(buf, y, sr, bitrate_kbps)
     buf.seek(0)
     decoded, _ = sf.read(buf, dtype="float32")
-    return fit_length(decoded, len(y))
+    return fit_length(decoded[_priming_samples(y, decoded):], len(y))
+
+
+def _priming_samples(y: np.ndarray, decoded: np.ndarray) -> int:
+    """Encoder delay left in front of `decoded` (0 when the decoder already removed it).
+
+    libsndfile cuts LAME's delay only when the file carries a LAME/Xing gapless header, and
+    low-bitrate frames are too small to hold one: at 48 kbps and below the ~1105 samples of
+    priming stay in front of the music. The lag is found by cross-correlation over the extra
+    samples the decoder returned, so it also holds for other encoder versions.
+    """
+    extra = min(len(decoded) - len(y), _MAX_PRIMING)
+    if extra <= 0:
+        return 0
+    n = min(len(y), len(decoded) - extra)
+    corr = scipy.signal.correlate(decoded[: n + extra], y[:n], mode="valid", method="fft")
+    return int(np.argmax(corr))
 
 
 def load_clip(path: str | os.PathLike, config: FrontEndConfig | None = None) -> np.ndarray:

@@ -46,7 +46,7 @@ def _check_config(cache_dir: Path, config: FrontEndConfig) -> None:
     saved = cache_dir / "frontend.json"
     if saved.exists():
         existing = FrontEndConfig.from_dict(read_json(saved))
-        if existing != config:
+        if not existing.same_features(config):
             raise CacheError(
                 f"{cache_dir} holds features made with a different front end "
                 f"({existing} vs {config}); use another --cache folder or delete this one"

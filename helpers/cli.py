@@ -32,6 +32,9 @@ def _add_frontend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--codec", choices=["none", "mp3"], default=None,
                    help="confound control: pass every clip through the same MP3 round trip "
                         "so the classifier cannot tell sources apart by file format")
+    g.add_argument("--codec-kbps", type=int, default=None,
+                   help="bitrate of that round trip (default 24; keep it below the "
+                        "bitrate of the lossiest source)")
 
 
 def _frontend(args: argparse.Namespace):
@@ -44,6 +47,8 @@ def _frontend(args: argparse.Namespace):
         overrides["sample_rate"] = args.sample_rate
     if args.codec is not None:
         overrides["codec"] = None if args.codec == "none" else args.codec
+    if args.codec_kbps is not None:
+        overrides["codec_bitrate_kbps"] = args.codec_kbps
     # No flags: let the stage choose (an existing cache's frontend.json, else the defaults).
     return FrontEndConfig(**overrides) if overrides else None
 

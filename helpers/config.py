@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,16 @@ class FrontEndConfig:
         Dynamic range kept below each clip's maximum, in dB.
     codec : str or None
         Confound control. ``None`` uses the decoded audio as is. ``"mp3"`` passes every clip
-        through the same MP3 encoder at `codec_bitrate_kbps` and back before the features, so
-        a classifier cannot separate MP3 sources from WAV sources by their codec.
+        through the same MP3 encoder at `codec_bitrate_kbps` and back (after resampling,
+        before the features), so a classifier cannot separate MP3 sources from WAV sources
+        by their codec. Use it when the two classes come from different sources; it costs
+        some detection (the band above ~6 kHz is dropped at 24 kbps).
     codec_bitrate_kbps : int
-        Bitrate for the confound-control round trip.
+        Bitrate of the control's round trip. It must be *lossier* than the sources' own
+        codecs, because one more encode cannot undo what a lossier one removed: at 16 kHz,
+        128 kbps is nearly transparent and left a detector's P(AI) for 32 kbps MP3 copies
+        of human songs above their WAV originals, while 24 kbps brought the difference to
+        chance (`benchmarks/results/robustness.json`, demo corpus).
     """
 
     sample_rate: int = 16_000
@@ -60,7 +66,7 @@ class FrontEndConfig:
     fmax: float | None = 8_000.0
     top_db: float = 80.0
     codec: str | None = None
-    codec_bitrate_kbps: int = 128
+    codec_bitrate_kbps: int = 24
 
     def __post_init__(self) -> None:
         if self.pad_mode not in ("zero", "repeat"):
@@ -82,6 +88,13 @@ class FrontEndConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def same_features(self, other: FrontEndConfig) -> bool:
+        """True when both configs make identical features (the bitrate of an unused codec
+        control does not count, so caches made before its default changed stay valid)."""
+        if self.codec is None and other.codec is None:
+            return replace(self, codec_bitrate_kbps=other.codec_bitrate_kbps) == other
+        return self == other
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FrontEndConfig:

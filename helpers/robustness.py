@@ -9,8 +9,9 @@ Three jobs, one question (does the detector still work on the files users actual
   and re-encoding);
 * `perturbed_manifest`: perturbed audio copies of the training split plus a manifest to train
   on (augmentation);
-* `codec_confound_check`: can the features tell the same human songs stored as WAV and as MP3
-  apart, with and without the front end's confound control (``FrontEndConfig(codec="mp3")``)?
+* `codec_confound_check`: do trained classifiers, and the features themselves, tell the same
+  human songs stored as WAV and as MP3 apart, with and without the front end's confound
+  control (``FrontEndConfig(codec="mp3")``)?
 
 Why augmentation writes audio instead of being a `TrainConfig` switch: training reads cached
 mel spectrograms, and a pitch shift or an MP3 round trip acts on the waveform, so it cannot be
@@ -32,7 +33,7 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -41,6 +42,7 @@ from typing import Any
 import librosa
 import numpy as np
 import pandas as pd
+import scipy.stats
 import soundfile as sf
 from scipy.signal import butter, sosfiltfilt
 
@@ -52,8 +54,9 @@ from helpers.audio import (
     prepare_clip,
     read_audio,
     resample,
+    write_mp3,
 )
-from helpers.config import FrontEndConfig, write_json_atomic
+from helpers.config import FrontEndConfig, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ Perturbation = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 _CODEC_RATE = 44_100  # the rate of nearly every MP3/AAC file users have
 _OPUS_RATE = 48_000  # Opus encodes at 48 kHz (or 8/12/16/24 kHz); never at 44.1 kHz
 _AAC_PRIMING = 1024  # samples of encoder delay FFmpeg's AAC encoder puts in front
+_PROBE_ALPHA = 10.0  # ridge penalty of the codec probe (standardised features)
 
 
 # ------------------------------------------------------------------------------------------
@@ -517,25 +521,71 @@ def _probe_features(paths: Sequence[str], frontend: FrontEndConfig) -> np.ndarra
     return np.stack(feats)
 
 
-def _probe_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int,
-               n_splits: int) -> tuple[float, list[float]]:
-    from sklearn.linear_model import LogisticRegression
+def _probe_auc(x: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[float, list[float]]:
+    """Cross-validated ROC-AUC of a ridge probe; `folds` gives each row's held-out fold.
+
+    Ridge regression on standardised features has a closed form, so the permutation test
+    below can refit it hundreds of times in seconds (a logistic probe took ~1 s per fit).
+    """
+    from sklearn.linear_model import RidgeClassifier
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     scores = np.zeros(len(y))
     fold_aucs = []
-    folds = GroupKFold(n_splits=n_splits)
-    order = np.random.default_rng(seed).permutation(len(np.unique(groups)))
-    shuffled = order[np.unique(groups, return_inverse=True)[1]]  # random fold assignment
-    for fit, held in folds.split(x, y, shuffled):
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
-        probe.fit(x[fit], y[fit])
+    for fold in np.unique(folds):
+        held = folds == fold
+        probe = make_pipeline(StandardScaler(), RidgeClassifier(alpha=_PROBE_ALPHA))
+        probe.fit(x[~held], y[~held])
         scores[held] = probe.decision_function(x[held])
         fold_aucs.append(float(roc_auc_score(y[held], scores[held])))
     return float(roc_auc_score(y, scores)), fold_aucs
+
+
+def _probe_test(x: np.ndarray, n: int, seed: int, n_splits: int,
+                n_permutations: int) -> dict[str, Any]:
+    """Probe AUC for "copy 1 vs copy 2" of `n` songs, and its permutation p-value.
+
+    Rows ``i`` and ``n + i`` are two copies of song ``i``; both always sit in the same fold.
+    The null swaps the two labels within randomly chosen songs, which keeps the pairing and
+    the folds and destroys only the codec, so the p-value needs no assumption about how the
+    pooled, cross-validated AUC is distributed.
+    """
+    rng = np.random.default_rng(seed)
+    folds = np.tile(rng.permutation(n) % n_splits, 2)
+    y = np.r_[np.zeros(n, int), np.ones(n, int)]
+    auc, fold_aucs = _probe_auc(x, y, folds)
+    null = np.empty(n_permutations)
+    for b in range(n_permutations):
+        swap = rng.integers(0, 2, n)
+        null[b] = _probe_auc(x, np.r_[swap, 1 - swap], folds)[0]
+    return {"auc": auc, "fold_aucs": fold_aucs,
+            "p_value": float((1 + np.sum(null >= auc)) / (n_permutations + 1)),
+            "null_auc_95th_percentile": float(np.quantile(null, 0.95))}
+
+
+def paired_sign_flip_p(diff: np.ndarray, n_permutations: int = 10_000, seed: int = 0) -> float:
+    """Two-sided p-value that the mean of paired differences is zero (sign-flip test).
+
+    Parameters
+    ----------
+    diff : np.ndarray, shape (n,)
+        One difference per pair, e.g. P(AI) of a song's MP3 copy minus that of its WAV copy.
+    n_permutations : int
+    seed : int
+
+    Returns
+    -------
+    float
+        ``(1 + #{|mean of sign-flipped diff| >= |mean diff|}) / (1 + n_permutations)``.
+    """
+    diff = np.asarray(diff, dtype=np.float64)
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_permutations, len(diff)))
+    null = np.abs(signs @ diff) / len(diff)
+    observed = abs(diff.mean())
+    # a tolerance so that exact ties (e.g. all differences zero) count as "as extreme"
+    return float((1 + np.sum(null >= observed - 1e-12)) / (n_permutations + 1))
 
 
 def codec_confound_check(
@@ -545,21 +595,35 @@ def codec_confound_check(
     seed: int = 0,
     bitrate_kbps: int = 128,
     n_splits: int = 5,
-    run_dir: str | os.PathLike | None = None,
+    runs: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
+    n_permutations: int = 200,
+    alpha: float = 0.05,
+    margin: float = 0.02,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Can the features tell the same human songs stored as WAV and as MP3 apart?
+    """Can a classifier tell the same human songs stored as WAV and as MP3 apart?
 
     If a training corpus takes its AI songs from one source as MP3 and its human songs from
-    another as WAV, a detector can score well by detecting the codec. This writes a WAV copy
-    (16-bit PCM) and an MP3 copy (constant `bitrate_kbps`, soundfile/libsndfile) of each song's
-    first ``frontend.duration`` seconds, labels WAV 0 and MP3 1, and fits a small probe:
-    logistic regression on the mean and standard deviation over time of every log-mel band,
-    cross-validated with folds grouped by song (a song's WAV and MP3 copies are never split
-    across folds). It does so twice: on the plain front end, and on the same front end with
-    the confound control ``codec="mp3"``, which passes every clip through one more MP3 round
-    trip. A probe is used instead of the transformer to keep the check fast; it measures
-    whether the *features* carry the codec, which bounds what any classifier on them can use.
+    another as WAV, a detector can score well by detecting the codec, and will then call
+    every human MP3 "more AI". This writes a WAV copy (16-bit PCM) and an MP3 copy (constant
+    `bitrate_kbps`, libsndfile/LAME) of each song's first ``frontend.duration`` seconds and
+    asks two questions.
+
+    1. **The trained classifiers** (`runs`): does P(AI) differ between a song's two copies?
+       With 10,000 paired sign flips even a shift of 0.001 in P(AI) can be significant, so
+       the verdict ``at_chance`` is an equivalence test instead: the (1 - `alpha`) confidence
+       interval of the mean difference P(AI | MP3) - P(AI | WAV) lies within ±`margin`.
+       Also reported: the sign-flip p-value (``shift_detected``), the ROC-AUC of P(AI) for
+       "MP3 vs WAV" across songs (0.5 is chance), the share of songs whose MP3 copy scores
+       higher, and how many songs change decision at the run's threshold. A run trained
+       with the confound control (``FrontEndConfig(codec="mp3")``) applies it when scoring,
+       as it does in use.
+    2. **The features** (a stricter bound): a ridge probe on the mean and standard deviation
+       over time of every log-mel band, cross-validated with folds grouped by song, on the
+       plain front end and on the same front end with the control. Paired copies make this
+       far more sensitive than any detector trained on different songs per class, so a probe
+       above chance does not mean a classifier uses the codec; it says the information is
+       there. A permutation p-value (labels swapped within songs) says how far from chance.
 
     Parameters
     ----------
@@ -568,33 +632,45 @@ def codec_confound_check(
     out_dir : str or path-like
         Receives ``wav/`` and ``mp3/`` copies and ``codec_confound.json``.
     frontend : FrontEndConfig, optional
-        The plain front end (its `codec` is ignored); default ``FrontEndConfig()``.
+        Front end of the probe; its `codec` is ignored and its `codec_bitrate_kbps` is the
+        control's bitrate. Default ``FrontEndConfig()``.
     seed : int
-        Fold assignment.
+        Fold assignment and permutations.
     bitrate_kbps : int
         Bitrate of the MP3 copies.
     n_splits : int
-        Folds (at most the number of songs).
-    run_dir : str or path-like, optional
-        A trained run: also report how well its P(AI) separates the WAV and MP3 copies.
+        Probe folds (at most the number of songs).
+    runs : path or mapping of name to path, optional
+        Trained run folders to test (question 1).
+    n_permutations : int
+        Permutations of the probe's null distribution (the classifier test uses 10,000).
+    alpha : float
+        Significance level of the tests and 1 - the confidence of the interval.
+    margin : float
+        Largest mean shift of P(AI) between copies that still counts as chance.
     progress : bool
 
     Returns
     -------
     dict
-        ``probe_auc_plain``, ``probe_auc_codec_control`` (about 0.5 means the features no
-        longer carry the codec), per-fold AUCs, ``n_songs``; with `run_dir` also
-        ``classifier_auc_wav_vs_mp3`` and the mean P(AI) of each copy.
+        ``n_songs``, ``bitrate_kbps``; ``probe`` with ``plain`` and ``codec_control`` (each
+        ``auc``, ``fold_aucs``, ``p_value``, ``null_auc_95th_percentile``, ``at_chance``);
+        ``classifiers`` with one entry per run (``auc_mp3_vs_wav``, ``mean_p_ai_wav``,
+        ``mean_p_ai_mp3``, ``mean_dp``, ``mean_dp_ci``, ``mean_abs_dp``,
+        ``share_mp3_scored_higher``, ``decision_flips``, ``fpr_wav``, ``fpr_mp3``,
+        ``p_value``, ``shift_detected``, ``at_chance``).
 
     Raises
     ------
     ValueError
-        Fewer than 4 readable songs.
+        Fewer than 4 readable songs, or `n_permutations` below 1.
     """
     from tqdm.auto import tqdm
 
     from helpers.datasets import load_manifest
 
+    if n_permutations < 1:
+        raise ValueError(f"n_permutations must be at least 1, got {n_permutations}")
     if isinstance(songs, pd.DataFrame | str | os.PathLike):
         frame = load_manifest(songs)
         paths = frame.loc[frame["label"] == "human", "path"].tolist()
@@ -615,36 +691,54 @@ def codec_confound_check(
         stem = f"{i:05d}-{Path(path).stem}"
         wav, mp3_path = out / "wav" / f"{stem}.wav", out / "mp3" / f"{stem}.mp3"
         sf.write(wav, y, sr, subtype="PCM_16")
-        hi, lo = (320, 32) if sr >= 32_000 else (160, 8)  # see helpers.audio.codec_round_trip
-        level = float(np.clip((hi - bitrate_kbps) / (hi - lo), 0.0, 0.99))
-        sf.write(mp3_path, y, sr, format="MP3", compression_level=level,
-                 bitrate_mode="CONSTANT")
+        write_mp3(mp3_path, y, sr, bitrate_kbps)
         wavs.append(str(wav))
         mp3s.append(str(mp3_path))
     n = len(wavs)
     if n < 4:
         raise ValueError(f"the confound check needs at least 4 readable songs, got {n}")
     files = wavs + mp3s
-    y_codec = np.r_[np.zeros(n, int), np.ones(n, int)]
-    groups = np.r_[np.arange(n), np.arange(n)]
     k = min(n_splits, n)
-    result: dict[str, Any] = {"n_songs": n, "bitrate_kbps": bitrate_kbps, "n_splits": k,
-                              "probe": "logistic regression on per-band log-mel mean+std, "
-                                       "folds grouped by song", "frontend": frontend.to_dict()}
+    result: dict[str, Any] = {
+        "n_songs": n, "bitrate_kbps": bitrate_kbps, "alpha": alpha, "margin": margin,
+        "frontend": frontend.to_dict(),
+        "probe": {"what": "ridge on per-band log-mel mean+std, folds grouped by song, "
+                          "p-value from within-song label swaps",
+                  "n_splits": k, "n_permutations": n_permutations,
+                  "control_bitrate_kbps": frontend.codec_bitrate_kbps},
+        "classifiers": {},
+    }
     for key, fe in (("plain", frontend), ("codec_control", replace(frontend, codec="mp3"))):
-        auc, folds = _probe_auc(_probe_features(files, fe), y_codec, groups, seed, k)
-        result[f"probe_auc_{key}"] = auc
-        result[f"probe_fold_aucs_{key}"] = folds
-    if run_dir is not None:
+        test = _probe_test(_probe_features(files, fe), n, seed, k, n_permutations)
+        result["probe"][key] = {**test, "at_chance": test["p_value"] >= alpha}
+    if runs is not None:
         from sklearn.metrics import roc_auc_score
 
         from helpers.train import score_files
 
-        p = score_files(run_dir, files)
-        result["run"] = str(Path(run_dir).resolve())
-        result["classifier_auc_wav_vs_mp3"] = float(roc_auc_score(y_codec, p))
-        result["classifier_mean_p_ai_wav"] = float(p[:n].mean())
-        result["classifier_mean_p_ai_mp3"] = float(p[n:].mean())
-        result["classifier_mean_abs_dp"] = float(np.abs(p[n:] - p[:n]).mean())
+        if isinstance(runs, str | os.PathLike):
+            runs = {Path(runs).name: runs}
+        y_codec = np.r_[np.zeros(n, int), np.ones(n, int)]
+        for name, run_dir in runs.items():
+            info = read_json(Path(run_dir) / "run.json")
+            p = score_files(run_dir, files)
+            dp = p[n:] - p[:n]
+            half_width = scipy.stats.t.ppf(1 - alpha / 2, n - 1) * dp.std(ddof=1) / np.sqrt(n)
+            ci = (float(dp.mean() - half_width), float(dp.mean() + half_width))
+            p_value = paired_sign_flip_p(dp, seed=seed)
+            flagged = p >= info["threshold"]
+            result["classifiers"][name] = {
+                "run": str(Path(run_dir).resolve()),
+                "codec_control": info["frontend"]["codec"],
+                "auc_mp3_vs_wav": float(roc_auc_score(y_codec, p)),
+                "mean_p_ai_wav": float(p[:n].mean()), "mean_p_ai_mp3": float(p[n:].mean()),
+                "mean_dp": float(dp.mean()), "mean_dp_ci": ci,
+                "mean_abs_dp": float(np.abs(dp).mean()),
+                "share_mp3_scored_higher": float(np.mean(dp > 0) + 0.5 * np.mean(dp == 0)),
+                "decision_flips": float(np.mean(flagged[n:] != flagged[:n])),
+                "fpr_wav": float(flagged[:n].mean()), "fpr_mp3": float(flagged[n:].mean()),
+                "p_value": p_value, "shift_detected": p_value < alpha,
+                "at_chance": -margin < ci[0] and ci[1] < margin,
+            }
     write_json_atomic(out / "codec_confound.json", result)
     return result

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,11 @@ def test_a_cache_refuses_a_different_front_end(tmp_path, audio_folder):
     preprocess(manifest.head(2), tmp_path / "c", CFG, n_jobs=1, progress=False)
     with pytest.raises(CacheError, match="different front end"):
         preprocess(manifest, tmp_path / "c", FrontEndConfig(duration=3.0), n_jobs=1)
+    with pytest.raises(CacheError, match="different front end"):
+        preprocess(manifest, tmp_path / "c", replace(CFG, codec="mp3"), n_jobs=1)
+    # An unused control's bitrate does not change a feature; such a cache stays usable.
+    unused = replace(CFG, codec_bitrate_kbps=CFG.codec_bitrate_kbps + 8)
+    preprocess(manifest.head(2), tmp_path / "c", unused, n_jobs=1, progress=False)
 
 
 def test_not_a_cache_and_damaged_shard(tmp_path, audio_folder):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,9 +13,11 @@ import soundfile as sf
 from helpers.config import FrontEndConfig
 from helpers.robustness import (
     PERTURBATIONS,
+    UNAVAILABLE,
     apply_perturbation,
     codec_confound_check,
     evaluate_robustness,
+    paired_sign_flip_p,
     perturbed_manifest,
 )
 from helpers.train import TrainConfig, train
@@ -97,6 +100,12 @@ def test_noise_is_added_at_the_target_snr(snr):
     z = apply_perturbation(f"noise{snr}dB", y, SR, np.random.default_rng(1))
     measured = 10 * np.log10(np.mean(y.astype(float) ** 2) / np.mean((z - y).astype(float) ** 2))
     assert measured == pytest.approx(snr, abs=0.5)
+
+
+def test_aac_is_registered_when_pyav_is_installed():
+    pytest.importorskip("av")
+    assert {"aac_64", "aac_128"} <= set(PERTURBATIONS)
+    assert not {"aac_64", "aac_128"} & set(UNAVAILABLE)
 
 
 def test_gain_scales_and_clips():
@@ -190,7 +199,8 @@ def test_perturbed_manifest_adds_copies_of_train_rows_only(tiny_run, tmp_path):
     assert pd.read_csv(again, dtype=str, keep_default_na=False).equals(out)
 
 
-def test_codec_confound_probe_sees_low_bitrate_mp3(tmp_path):
+def test_codec_confound_check_sees_low_bitrate_mp3_and_scores_runs(tiny_run, tmp_path):
+    run, _ = tiny_run
     sr = 16_000
     paths = []
     for i in range(16):
@@ -198,14 +208,36 @@ def test_codec_confound_probe_sees_low_bitrate_mp3(tmp_path):
         path.parent.mkdir(exist_ok=True)
         sf.write(path, _music(2.0, sr, seed=i), sr)
         paths.append(path)
-    fe = FrontEndConfig(duration=2.0, sample_rate=sr, codec_bitrate_kbps=32)
-    result = codec_confound_check(paths, tmp_path / "check", frontend=fe, bitrate_kbps=32,
-                                  n_splits=4, progress=False)
+    result = codec_confound_check(paths, tmp_path / "check", frontend=FRONTEND,
+                                  bitrate_kbps=32, n_splits=4, runs={"tiny": run},
+                                  n_permutations=50, progress=False)
     assert result["n_songs"] == 16
     # 32 kbps MP3 band-limits below 8 kHz: the probe must see it, or it could see nothing.
-    assert result["probe_auc_plain"] > 0.8
-    # Measured, not a pass condition: even a control round trip at the copies' own rate and
-    # bitrate leaves single- and double-encoded MP3 separable (AUC 1.0 here); see the report.
-    assert 0.0 <= result["probe_auc_codec_control"] <= 1.0
-    assert len(result["probe_fold_aucs_plain"]) == 4
-    assert (tmp_path / "check" / "codec_confound.json").exists()
+    plain = result["probe"]["plain"]
+    assert plain["auc"] > 0.8 and plain["p_value"] < 0.05 and not plain["at_chance"]
+    assert len(plain["fold_aucs"]) == 4
+    assert plain["auc"] > plain["null_auc_95th_percentile"]
+    control = result["probe"]["codec_control"]
+    assert 0.0 <= control["auc"] <= 1.0 and 0.0 < control["p_value"] <= 1.0
+    clf = result["classifiers"]["tiny"]
+    assert clf["codec_control"] is None  # recorded from the run's own front end
+    assert 0.0 <= clf["auc_mp3_vs_wav"] <= 1.0
+    assert clf["mean_dp"] == pytest.approx(clf["mean_p_ai_mp3"] - clf["mean_p_ai_wav"])
+    lo, hi = clf["mean_dp_ci"]
+    assert lo <= clf["mean_dp"] <= hi
+    assert clf["at_chance"] == (-0.02 < lo and hi < 0.02)
+    assert clf["shift_detected"] == (clf["p_value"] < 0.05)
+    assert 0.0 <= clf["decision_flips"] <= 1.0 and 0.0 <= clf["share_mp3_scored_higher"] <= 1.0
+    saved = json.loads((tmp_path / "check" / "codec_confound.json").read_text())
+    assert saved["classifiers"]["tiny"]["p_value"] == clf["p_value"]
+
+
+def test_paired_sign_flip_p_tells_a_shift_from_noise():
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal(40)
+    assert paired_sign_flip_p(np.zeros(40)) == 1.0
+    assert paired_sign_flip_p(noise - noise.mean()) > 0.9  # mean exactly zero
+    assert paired_sign_flip_p(noise + 1.0) < 0.001
+    assert paired_sign_flip_p(-(noise + 1.0)) < 0.001  # two-sided
+    ps = [paired_sign_flip_p(rng.standard_normal(20), 2000, seed=s) for s in range(200)]
+    assert 0.02 < np.mean(np.array(ps) < 0.05) < 0.10  # about alpha under the null
