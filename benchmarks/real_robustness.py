@@ -21,18 +21,18 @@ The real-detection run is made first when it is missing (`DETECTION_ARGS`).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from benchmarks.robustness import augmentation_study, before_after_table  # noqa: E402
-from helpers.config import read_json, write_json_atomic  # noqa: E402
+from benchmarks.robustness import (  # noqa: E402
+    augmentation_study,
+    before_after_table,
+    write_result,
+)
+from helpers.config import read_json  # noqa: E402
 from helpers.datasets import load_manifest  # noqa: E402
 from helpers.robustness import UNAVAILABLE  # noqa: E402
 
@@ -82,15 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
         "table_plain": before.to_dict(orient="records"),
         "table_augmented": after.to_dict(orient="records"),
         "figure": str(FIGURE.relative_to(ROOT)),
-        "timings": {**timings, "total_s": round(time.perf_counter() - t0, 1)},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "load_avg": os.getloadavg()},
     }
-    from helpers.train import _finite
-
-    write_json_atomic(RESULTS / "real_robustness.json", _finite(result))
-    print(f"done in {result['timings']['total_s']} s -> {RESULTS / 'real_robustness.json'}")
-    return result
+    return write_result(RESULTS / "real_robustness.json", result, timings, t0)
 
 
 if __name__ == "__main__":

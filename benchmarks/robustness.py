@@ -154,14 +154,19 @@ def main(argv: list[str] | None = None) -> dict:
             "detection_test_split": detection,
             "by_source_bitrate": confound},
         "figure": str(FIGURE.relative_to(ROOT)),
-        "timings": {**timings, "total_s": round(time.perf_counter() - t0, 1)},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "torch": torch.__version__, "load_avg": os.getloadavg()},
     }
+    return write_result(RESULTS / "robustness.json", result, timings, t0)
+
+
+def write_result(path: Path, result: dict, timings: dict, t0: float) -> dict:
+    """Add the timings and the machine to `result`, write it atomically and return it."""
     from helpers.train import _finite
 
-    write_json_atomic(RESULTS / "robustness.json", _finite(result))
-    print(f"done in {result['timings']['total_s']} s -> {RESULTS / 'robustness.json'}")
+    result["timings"] = {**timings, "total_s": round(time.perf_counter() - t0, 1)}
+    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                         "torch": torch.__version__, "load_avg": os.getloadavg()}
+    write_json_atomic(path, _finite(result))
+    print(f"done in {result['timings']['total_s']} s -> {path}")
     return result
 
 
