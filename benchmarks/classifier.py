@@ -28,7 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from helpers.config import FrontEndConfig, write_json_atomic  # noqa: E402
+from helpers.config import FrontEndConfig  # noqa: E402
+from helpers.io import write_json  # noqa: E402
 from helpers.model import build_model, model_config_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "baseline after imports.",
     }
     out = Path(args.out) if args.out else RESULTS / f"classifier_{args.device.split(':')[0]}.json"
-    write_json_atomic(out, result)
+    write_json(out, result)
     print(f"wrote {out} in {result['wall_seconds']} s")
     return 0
 

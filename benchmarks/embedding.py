@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from helpers import openl3  # noqa: E402
-from helpers.config import write_json_atomic  # noqa: E402
+from helpers.io import write_json  # noqa: E402
 
 INPUT_SR = 44_100
 # Quoted, not measured here: the original TensorFlow openl3 (default mel256 model) on a
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Other jobs on the machine slow wall-clock numbers down; the load average records that.
     report["environment"]["load_average_at_start"] = load_at_start
     report["environment"]["load_average_at_end"] = os.getloadavg()
-    write_json_atomic(args.out, report)
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return report
 

@@ -35,7 +35,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from helpers.config import write_json_atomic
+from helpers.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "end_to_end.json"
 BUDGET_S = 3.0  # the whole analysis of one song on this 2-core machine
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": BUDGET_S,
         "chosen_openl3_query_hop_s": chosen,
     }
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     print(f"warm total {pipeline['warm_total_s']:.3f} s ({pipeline['embedder']} embedder); "
           f"without embedding {others:.3f} s; OpenL3 hop chosen: {chosen}")
     return 0

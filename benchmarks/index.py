@@ -42,7 +42,7 @@ import sklearn
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
-from helpers.config import write_json_atomic
+from helpers.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "index.json"
 DIM = 512
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             "a load average above cpu_count means other processes shared the cores",
         ],
     })
-    write_json_atomic(args.out, report)
+    write_json(args.out, report)
     print(f"wrote {args.out} in {report['total_s']:.0f} s")
     return 0
 

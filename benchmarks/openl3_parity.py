@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 
 from helpers import openl3
-from helpers.config import write_json_atomic
+from helpers.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "openl3_reference"
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     result = measure()
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     for key, value in result.items():
         if key.startswith("check"):
             print(f"{key:40s} {value:.3g}")

@@ -46,7 +46,8 @@ import soundfile as sf
 from threadpoolctl import threadpool_limits
 
 from helpers.audio import fit_length, load_clip, mel_db, read_audio, resample
-from helpers.config import FrontEndConfig, write_json_atomic
+from helpers.config import FrontEndConfig
+from helpers.io import write_json
 
 try:
     from benchmarks.real_audio import DEFAULT_OUT, DEFAULT_PACKAGES, fetch_real_audio
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1_5_15_min": {"start": [round(v, 2) for v in load_before],
                                     "end": [round(v, 2) for v in os.getloadavg()]},
     }
-    write_json_atomic(args.out, results)
+    write_json(args.out, results)
     for fmt, entry in results["per_format"].items():
         print(f"{fmt}: ours {entry['ours']['x_realtime']}x realtime, baseline "
               f"{entry['baseline']['x_realtime']}x, speed-up {entry['speedup_total']}x "

@@ -41,6 +41,9 @@ from pathlib import Path
 import pandas as pd
 import soundfile as sf
 
+from helpers.datasets import MANIFEST_COLUMNS
+from helpers.io import write_csv
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "_work" / "real_audio"
 DEFAULT_PACKAGES = ("xmoto-data", "extremetuxracer-data", "lincity-ng-data")
 WIDELANDS = "widelands-data"
@@ -53,7 +56,6 @@ PACKAGE_SPLITS = {
     "xmoto-data": "test",
 }
 
-MANIFEST_COLUMNS = ["path", "label", "split", "track_id", "title", "artist", "genre", "source"]
 
 
 class FetchError(RuntimeError):
@@ -161,9 +163,7 @@ def fetch_real_audio(
                 "seconds": round(sf.info(track).duration, 3),
             })
     manifest = out_dir / "manifest.csv"
-    tmp = manifest.with_name(".manifest.csv.tmp")
-    pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "seconds"]).to_csv(tmp, index=False)
-    tmp.replace(manifest)
+    write_csv(manifest, pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "seconds"]))
     return manifest
 
 

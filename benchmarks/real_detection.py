@@ -73,7 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks.real_audio import DEFAULT_OUT as AUDIO_DIR  # noqa: E402
 from benchmarks.real_audio import DEFAULT_PACKAGES, fetch_real_audio  # noqa: E402
 from helpers.audio import read_audio, resample  # noqa: E402
-from helpers.config import FrontEndConfig, read_json, write_json_atomic  # noqa: E402
+from helpers.config import FrontEndConfig  # noqa: E402
+from helpers.io import atomic_path, read_json, write_csv, write_json  # noqa: E402
 from helpers.synth import ArtifactConfig, apply_artifacts, normalize_loudness  # noqa: E402
 from helpers.train import TrainConfig  # noqa: E402
 
@@ -103,10 +104,8 @@ def _seed(*parts: object) -> int:
 
 
 def _write_wav(path: Path, y: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    sf.write(tmp, y, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".wav") as tmp:
+        sf.write(tmp, y, SAMPLE_RATE, format="WAV", subtype="PCM_16")
 
 
 def _level(y: np.ndarray, key: str) -> np.ndarray:
@@ -183,10 +182,7 @@ def build_corpus(
 
 
 def _write_manifest(table: pd.DataFrame, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return write_csv(path, table)
 
 
 def describe(table: pd.DataFrame) -> dict:
@@ -375,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                       "total": round(time.perf_counter() - t_start, 1)},
         "machine": machine_info(),
     }
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     for name, r in results.items():
         last = r["attempts"][-1]["test"]
         print(f"{name}: test ROC-AUC {r['test_roc_auc']} (target {args.target}: "

@@ -32,8 +32,8 @@ from benchmarks.robustness import (  # noqa: E402
     before_after_table,
     write_result,
 )
-from helpers.config import read_json  # noqa: E402
 from helpers.datasets import load_manifest  # noqa: E402
+from helpers.io import read_json  # noqa: E402
 from helpers.robustness import UNAVAILABLE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

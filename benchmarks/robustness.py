@@ -29,8 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from helpers.config import FrontEndConfig, read_json, write_json_atomic  # noqa: E402
+from helpers.config import FrontEndConfig  # noqa: E402
 from helpers.datasets import load_manifest  # noqa: E402
+from helpers.io import atomic_path, read_json, write_csv, write_json  # noqa: E402
 from helpers.robustness import (  # noqa: E402
     UNAVAILABLE,
     codec_confound_check,
@@ -160,12 +161,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 def write_result(path: Path, result: dict, timings: dict, t0: float) -> dict:
     """Add the timings and the machine to `result`, write it atomically and return it."""
-    from helpers.train import _finite
 
     result["timings"] = {**timings, "total_s": round(time.perf_counter() - t0, 1)}
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "torch": torch.__version__, "load_avg": os.getloadavg()}
-    write_json_atomic(path, _finite(result))
+    write_json(path, result)
     print(f"done in {result['timings']['total_s']} s -> {path}")
     return result
 
@@ -185,9 +185,8 @@ def confounded_manifest(manifest, out: Path, kbps: int) -> Path:
         target = out / "audio" / f"{frame.at[i, 'track_id']}.mp3"
         if not target.exists():
             y, sr = read_audio(frame.at[i, "path"])
-            tmp = target.with_name(f".{target.name}.tmp")
-            write_mp3(tmp, y, sr, kbps)
-            os.replace(tmp, target)
+            with atomic_path(target, suffix=".mp3") as tmp:
+                write_mp3(tmp, y, sr, kbps)
         frame.at[i, "path"] = str(target)
     return write_manifest(frame, out / "manifest.csv")
 
@@ -242,9 +241,7 @@ def before_after_table(before, after, title: str, copies: int, figure: Path, csv
              (table["roc_auc_augmented"], table["fpr_on_human_augmented"])},
         title=f"{title}: test split, {int(before.loc[0, 'n'])} clips")
     plots.save_figure(fig, figure)
-    tmp = csv.with_name(f".{csv.name}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, csv)
+    write_csv(csv, table)
     return table
 
 

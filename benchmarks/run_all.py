@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from helpers.io import write_text
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -470,10 +472,7 @@ def write_table(results_dir: str | os.PathLike = RESULTS) -> Path:
     """Write `build_table`'s Markdown to ``results_dir/TABLE.md`` (atomically)."""
     results_dir = Path(results_dir)
     path = results_dir / "TABLE.md"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(build_table(results_dir))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, build_table(results_dir))
 
 
 def _names(text: str | None) -> list[str]:

@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.audio import AudioError, load_clip, mel_db
-from helpers.config import FrontEndConfig, read_json, write_json_atomic
+from helpers.config import FrontEndConfig
+from helpers.io import read_json, write_csv, write_json, write_npy
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _check_config(cache_dir: Path, config: FrontEndConfig) -> None:
                 f"({existing} vs {config}); use another --cache folder or delete this one"
             )
     else:
-        write_json_atomic(saved, config.to_dict())
+        write_json(saved, config.to_dict())
 
 
 def _read_shard_tables(cache_dir: Path) -> pd.DataFrame:
@@ -90,13 +91,8 @@ def _process_chunk(paths: Sequence[str], config: FrontEndConfig, shard: str) -> 
     shape = (len(mels), config.n_mels, config.n_frames)
     data = np.stack(mels) if mels else np.zeros(shape, dtype=np.float16)
     base = Path(shard)
-    tmp_csv = base.with_name(f".{base.name}.csv.tmp")
-    pd.DataFrame(rows, columns=_SHARD_COLUMNS).to_csv(tmp_csv, index=False)
-    os.replace(tmp_csv, base.with_suffix(".csv"))
-    tmp_npy = base.with_name(f".{base.name}.npy.tmp")
-    with open(tmp_npy, "wb") as f:
-        np.save(f, data)
-    os.replace(tmp_npy, base.with_suffix(".npy"))  # the commit point of the chunk
+    write_csv(base.with_suffix(".csv"), pd.DataFrame(rows, columns=_SHARD_COLUMNS))
+    write_npy(base.with_suffix(".npy"), data)  # the commit point of the chunk
     return errors
 
 
@@ -183,9 +179,7 @@ def preprocess(
     table = _read_shard_tables(cache_dir)
     failures = table[table["row"] < 0][["path", "error"]]
     failures_csv = cache_dir / "failures.csv"
-    tmp = failures_csv.with_name(".failures.csv.tmp")
-    failures.to_csv(tmp, index=False)
-    os.replace(tmp, failures_csv)
+    write_csv(failures_csv, failures)
     wanted = set(manifest["path"])
     n_failed = int(failures["path"].isin(wanted).sum())
     if n_failed:

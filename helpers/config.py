@@ -7,10 +7,7 @@ drift apart (the Audio Spectrogram Transformer's data loader owns its front end 
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 
@@ -104,31 +101,3 @@ class FrontEndConfig:
             raise ValueError(f"unknown front-end settings {sorted(unknown)}")
         return cls(**data)
 
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON so that a crash never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def json_default(obj: Any) -> Any:
-    """``json.dumps(default=...)`` for numpy scalars/arrays and paths: plain JSON values."""
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays alike
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} as JSON")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, naming the file in the error when it is damaged."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: damaged JSON ({err}); delete it and re-run") from err

@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from helpers.audio import AUDIO_EXTENSIONS
+from helpers.io import write_csv
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("path", "label", "split")
 OPTIONAL_COLUMNS = ("track_id", "title", "artist", "genre", "source")
+MANIFEST_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 LABELS = ("ai", "human")
 SPLITS = ("train", "val", "test")
 # Spellings other datasets use for the same labels and splits.
@@ -262,9 +264,7 @@ def write_manifest(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
             return p
 
     out["path"] = [rel(p) for p in out["path"]]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    out.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv(path, out)
     return path
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from helpers.audio import read_audio, resample
-from helpers.config import json_default
+from helpers.io import json_default
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.config import FrontEndConfig, write_json_atomic
+from helpers.config import FrontEndConfig
+from helpers.io import finite, write_csv, write_json
 from helpers.metrics import (
     binary_metrics,
     expected_calibration_error,
@@ -30,7 +31,7 @@ from helpers.metrics import (
     sigmoid,
     subgroup_metrics,
 )
-from helpers.train import _finite, _write_csv_atomic, load_run, predict_logits
+from helpers.train import load_run, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def evaluate(
     present = [c for c in SUBGROUP_COLUMNS if c in kept and (kept[c].astype(str) != "").any()]
     for c in present:
         preds[c] = kept[c].to_numpy()
-    _write_csv_atomic(preds, out_dir / "predictions.csv")
+    write_csv(out_dir / "predictions.csv", preds)
 
     at_t = binary_metrics(y, p, threshold)
     at_fpr = binary_metrics(y, p, t_fpr)
@@ -164,8 +165,8 @@ def evaluate(
         "ece_n_bins": n_bins,
         "subgroups": subgroups,
     }
-    metrics = _finite(metrics)
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    metrics = finite(metrics)
+    write_json(out_dir / "metrics.json", metrics)
     _write_figures(out_dir / "figures", run_dir, y, p, p_raw, threshold, t_fpr, target_fpr,
                    n_bins, ece, draw=figures)
     return metrics
@@ -183,25 +184,25 @@ def _write_figures(
     both = len(np.unique(y)) == 2
 
     if both:
-        write_json_atomic(fig_dir / "roc.json", _finite({**roc_points(y, p),
+        write_json(fig_dir / "roc.json", ({**roc_points(y, p),
                                                          "operating_points": points}))
-    write_json_atomic(fig_dir / "pr.json", _finite(pr_points(y, p)) if y.any() else {})
-    write_json_atomic(fig_dir / "confusion.json", {
+    write_json(fig_dir / "pr.json", (pr_points(y, p)) if y.any() else {})
+    write_json(fig_dir / "confusion.json", {
         "threshold": threshold, "labels": ["human", "ai"],
         "matrix": binary_metrics(y, p, threshold)["confusion"]})
     edges = np.linspace(0, 1, 31)
-    _write_csv_atomic(pd.DataFrame({
+    write_csv(fig_dir / "score_hist.csv", pd.DataFrame({
         "bin_lower": edges[:-1], "bin_upper": edges[1:],
         "human": np.histogram(p[y == 0], edges)[0], "ai": np.histogram(p[y == 1], edges)[0],
-    }), fig_dir / "score_hist.csv")
+    }))
     curves = {"before (raw)": reliability_curve(y, p_raw, n_bins),
               "after (temperature)": reliability_curve(y, p, n_bins)}
-    pd.concat([c.assign(calibration=name) for name, c in curves.items()]).to_csv(
-        fig_dir / "reliability.csv", index=False)
+    write_csv(fig_dir / "reliability.csv",
+              pd.concat([c.assign(calibration=name) for name, c in curves.items()]))
     history_csv = run_dir / "history.csv"
     history = pd.read_csv(history_csv) if history_csv.exists() else None
     if history is not None:
-        history.to_csv(fig_dir / "history.csv", index=False)
+        write_csv(fig_dir / "history.csv", history)
     if not draw:
         return
 

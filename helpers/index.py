@@ -9,7 +9,7 @@ An index folder is self-describing:
   or stale); the exact index is rebuilt on load, which costs one copy of the matrix;
 * ``failures.csv`` -- files the last build could not read, with the reason.
 
-Every file is written atomically (temporary file + ``os.replace``), ``meta.json`` last, and
+Every file is written atomically (`helpers.io`), ``meta.json`` last, and
 loading checks that the files agree. Search is FAISS inner product on unit vectors, i.e.
 cosine similarity: exact (``IndexFlatIP``) by default, or HNSW (``IndexHNSWFlat`` with
 ``METRIC_INNER_PRODUCT``) for catalogs of hundreds of thousands of tracks.
@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from helpers.config import read_json, write_json_atomic
 from helpers.embed import (
     Embedder,
     _canonical,
@@ -43,6 +42,7 @@ from helpers.embed import (
     embedder_from_config,
     l2_normalise,
 )
+from helpers.io import atomic_path, read_json, write_bytes, write_csv, write_json, write_npy
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +50,6 @@ FORMAT_VERSION = 1
 CATALOG_COLUMNS = ("track_id", "path", "title", "artist", "genre", "source")
 INDEX_TYPES = ("flat", "hnsw")
 RESULT_COLUMNS = ("rank", "track_id", "similarity", "title", "artist", "genre", "path")
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    _atomic_bytes(path, buf.getvalue())
-
-
-def _save_csv(path: Path, frame: pd.DataFrame) -> None:
-    _atomic_bytes(path, frame.to_csv(index=False).encode())
 
 
 def _catalog_frame(rows: pd.DataFrame) -> pd.DataFrame:
@@ -334,16 +315,15 @@ class CatalogIndex:
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _save_npy(out / "vectors.npy", self.vectors)
-        _save_csv(out / "catalog.csv", self.catalog)
+        write_npy(out / "vectors.npy", self.vectors)
+        write_csv(out / "catalog.csv", self.catalog)
         faiss_path = out / "index.faiss"
         if self.index_type == "hnsw":
-            tmp = faiss_path.with_name(f".index.faiss.{os.getpid()}.tmp")
-            faiss.write_index(self.faiss_index, str(tmp))
-            os.replace(tmp, faiss_path)
+            with atomic_path(faiss_path) as tmp:
+                faiss.write_index(self.faiss_index, str(tmp))
         elif faiss_path.exists():
             faiss_path.unlink()
-        write_json_atomic(out / "meta.json", self.meta)
+        write_json(out / "meta.json", self.meta)
         return out
 
     @classmethod
@@ -469,7 +449,7 @@ class _Partial:
               errors: list[tuple[str, str]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         if not (self.folder / "embedder.json").is_file():
-            write_json_atomic(self.folder / "embedder.json", self.spec)
+            write_json(self.folder / "embedder.json", self.spec)
         buf = io.BytesIO()
         np.savez(
             buf,
@@ -479,7 +459,7 @@ class _Partial:
             bad_paths=np.array([p for p, _ in errors], dtype=str),
             bad_errors=np.array([e for _, e in errors], dtype=str),
         )
-        _atomic_bytes(self.folder / f"chunk_{number:06d}.npz", buf.getvalue())
+        write_bytes(self.folder / f"chunk_{number:06d}.npz", buf.getvalue())
 
     def next_number(self) -> int:
         numbers = [int(p.stem.split("_")[1]) for p in self.folder.glob("chunk_*.npz")]
@@ -593,7 +573,7 @@ def build_index(
     failures = rows[rows["path"].isin(failed.keys())][["path", "track_id"]].copy()
     failures["error"] = [failed[p] for p in failures["path"]]
     out.mkdir(parents=True, exist_ok=True)
-    _save_csv(out / "failures.csv", failures)
+    write_csv(out / "failures.csv", failures)
     if len(failures):
         log.warning("%d of %d files could not be embedded; see %s", len(failures), len(rows),
                     out / "failures.csv")

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from helpers.io import write_bytes
+
 logger = logging.getLogger(__name__)
 
 TARGET_SR = 48_000
@@ -460,7 +462,7 @@ def download_weights(input_repr: str, content_type: str,
 
     The ``.h5.gz`` from openl3's ``models`` branch is checked against its known git blob
     SHA-1 (where known; otherwise a warning is logged), gunzipped, checked to be HDF5, and
-    written atomically (temporary file, then ``os.replace``), so an interrupted download
+    written atomically (`helpers.io`), so an interrupted download
     never leaves a partial file where the loader would find it.
 
     Returns
@@ -499,14 +501,7 @@ def download_weights(input_repr: str, content_type: str,
         raise RuntimeError(f"download of {url} is not a valid gzip file ({err}). {hint}") from err
     if not h5_bytes.startswith(_HDF5_SIGNATURE):
         raise RuntimeError(f"download of {url} does not contain an HDF5 file. {hint}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(h5_bytes)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return write_bytes(dest, h5_bytes)
 
 
 def _open_weights(path: Path) -> Path | io.BytesIO:

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from helpers.audio import AudioError, mel_db, prepare_clip, read_audio
-from helpers.config import FrontEndConfig, write_json_atomic
+from helpers.config import FrontEndConfig
+from helpers.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", seed: int = 0, k: int = 5,
     eval_dir = run_dir / "eval_test"
     metrics_file = eval_dir / "metrics.json"
     if metrics_file.exists():
-        from helpers.config import read_json
+        from helpers.io import read_json
 
         metrics = read_json(metrics_file)
     else:
@@ -317,7 +318,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", seed: int = 0, k: int = 5,
     for r in results:
         r["true_label"], r["true_style"] = truth[r["input"]], genre[r["input"]]
     print(format_results(results))
-    write_json_atomic(out / "recommendations.json", results)
+    write_json(out / "recommendations.json", results)
 
     retrieval = {"all_neighbours": leave_one_out(index, k=k),
                  "same_artist_excluded": leave_one_out(index, k=k, exclude_same_artist=True)}
@@ -333,7 +334,7 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", seed: int = 0, k: int = 5,
                       "style_loo": retrieval, "ai_query_style_precision": ai_queries},
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    write_json_atomic(out / "metrics.json", summary)
+    write_json(out / "metrics.json", summary)
     print(f"\ndone in {summary['seconds']} s: test ROC-AUC "
           f"{summary['classifier_test']['roc_auc']}, figures in {eval_dir}, "
           f"results in {out / 'metrics.json'} and {out / 'recommendations.json'}")

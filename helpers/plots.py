@@ -23,6 +23,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import auc, precision_recall_curve, roc_curve  # noqa: E402
 
+from helpers.io import atomic_path  # noqa: E402
+
 AI_COLOR = "#D1495B"  # warm red: the class we flag
 HUMAN_COLOR = "#2E86AB"  # calm blue: the class we protect
 NEUTRAL_COLOR = "#6C757D"
@@ -44,10 +46,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
         The written file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, format="png")  # layout="constrained" already fits the labels
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")  # layout="constrained" already fits the labels
     plt.close(fig)
     return path
 

@@ -56,7 +56,8 @@ from helpers.audio import (
     resample,
     write_mp3,
 )
-from helpers.config import FrontEndConfig, read_json, write_json_atomic
+from helpers.config import FrontEndConfig
+from helpers.io import atomic_path, read_json, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def evaluate_robustness(
     from tqdm.auto import tqdm
 
     from helpers.metrics import binary_metrics
-    from helpers.train import _finite, _write_csv_atomic, load_run, predict_proba
+    from helpers.train import load_run, predict_proba
 
     run_dir = Path(run_dir)
     names = _names(perturbations)
@@ -400,13 +401,13 @@ def evaluate_robustness(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _write_csv_atomic(result, out / "robustness.csv")
+        write_csv(out / "robustness.csv", result)
         preds = pd.DataFrame({"path": np.repeat(rows["path"].to_numpy(), len(names)),
                               "label": np.repeat(rows["label"].to_numpy(), len(names)),
                               "perturbation": np.tile(names, len(rows)),
                               "p_ai": p.T.ravel()})
-        _write_csv_atomic(preds, out / "robustness_predictions.csv")
-        write_json_atomic(out / "robustness.json", _finite({
+        write_csv(out / "robustness_predictions.csv", preds)
+        write_json(out / "robustness.json", ({
             "run": str(run_dir.resolve()), "split": split, "seed": seed,
             "threshold": threshold, "frontend": frontend.to_dict(),
             "unavailable": UNAVAILABLE, "n_files": len(rows),
@@ -496,9 +497,8 @@ def perturbed_manifest(
                         break
                 z = apply_perturbation(name, y, sr, _rng(seed, int(idx), name))
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.wav")
-                sf.write(tmp, np.clip(z, -1.0, 1.0), sr, subtype="PCM_16")
-                os.replace(tmp, target)
+                with atomic_path(target, suffix=".wav") as tmp:
+                    sf.write(tmp, np.clip(z, -1.0, 1.0), sr, subtype="PCM_16")
             added.append({**row.to_dict(), "path": str(target.resolve()),
                           "track_id": f"{row['track_id']}#{name}", "perturbation": name})
     result = pd.concat([frame, pd.DataFrame(added)], ignore_index=True)
@@ -740,5 +740,5 @@ def codec_confound_check(
                 "p_value": p_value, "shift_detected": p_value < alpha,
                 "at_chance": -margin < ci[0] and ci[1] < margin,
             }
-    write_json_atomic(out / "codec_confound.json", result)
+    write_json(out / "codec_confound.json", result)
     return result

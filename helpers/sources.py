@@ -32,6 +32,7 @@ from helpers.datasets import (
     list_audio,
     validate_manifest,
 )
+from helpers.io import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -277,17 +278,11 @@ def fetch_youtube_audio(
             except Exception as err:  # noqa: BLE001 - gone/private/blocked: record, move on
                 records.append({"youtube_id": youtube_id, "status": "failed",
                                 "detail": str(err)[:300]})
-            _write_csv_atomic(pd.DataFrame(records), status_csv)
+            write_csv(status_csv, pd.DataFrame(records))
             time.sleep(sleep_s)
     table = pd.DataFrame(records, columns=["youtube_id", "status", "detail"])
-    _write_csv_atomic(table, status_csv)
+    write_csv(status_csv, table)
     return table
-
-
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def download(dataset: str, out_dir: str | os.PathLike, limit: int | None = None,

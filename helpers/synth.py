@@ -51,13 +51,13 @@ import soundfile as sf
 from scipy import signal
 from tqdm import tqdm
 
-from helpers.config import read_json, write_json_atomic
+from helpers.datasets import MANIFEST_COLUMNS
+from helpers.io import atomic_path, read_json, write_csv, write_json
 
 # Bump when a code change alters the audio for an unchanged config, so an old corpus folder is
 # not silently mixed with clips from the new generator.
 GENERATOR_VERSION = 1
 
-MANIFEST_COLUMNS = ("path", "label", "split", "track_id", "title", "artist", "genre", "source")
 LABELS = ("human", "ai")
 _FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", None)}
 _NOTE_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
@@ -1069,11 +1069,9 @@ def _build_clip(out_dir: str, row: dict[str, Any], config: SynthConfig) -> str:
     jitter = np.random.default_rng(_clip_seed(config.seed, row["index"], 2)).uniform(-1, 1)
     y = normalize_loudness(y, config.target_rms_dbfs + config.level_jitter_db * jitter)
     path = Path(out_dir) / row["path"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     fmt, subtype = _FORMATS[config.format]
-    sf.write(tmp, y, config.sample_rate, format=fmt, subtype=subtype)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, y, config.sample_rate, format=fmt, subtype=subtype)
     return row["path"]
 
 
@@ -1133,7 +1131,7 @@ def make_corpus(
             shutil.rmtree(out / "audio", ignore_errors=True)
             (out / "manifest.csv").unlink(missing_ok=True)
     # Record the config before any clip, so a killed build is still checked on resume.
-    write_json_atomic(meta_path, meta)
+    write_json(meta_path, meta)
 
     plan = plan_corpus(config)
     todo = [r for r in plan.to_dict("records") if not (out / r["path"]).exists()]
@@ -1153,9 +1151,7 @@ def make_corpus(
                     bar.update()
 
     manifest = out / "manifest.csv"
-    tmp = manifest.with_name(f".manifest.{os.getpid()}.tmp")
-    plan.loc[:, list(MANIFEST_COLUMNS)].to_csv(tmp, index=False)
-    os.replace(tmp, manifest)
+    write_csv(manifest, plan.loc[:, list(MANIFEST_COLUMNS)])
     return manifest
 
 

@@ -40,7 +40,8 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from helpers.audio import AudioError, default_device, load_clip, mel_db
-from helpers.config import FrontEndConfig, read_json, write_json_atomic
+from helpers.config import FrontEndConfig
+from helpers.io import atomic_path, read_json, write_csv, write_json
 from helpers.metrics import (
     binary_metrics,
     choose_threshold_max_f1,
@@ -321,10 +322,9 @@ def _as_tuple(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_checkpoint(obj: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
@@ -533,7 +533,7 @@ def _train(
                                                   how="inner")
     else:
         frame = carve_val_split(frame, cfg.val_fraction, cfg.seed)
-        _write_csv_atomic(frame[["path", "track_id", "label", "split"]], run_dir / "splits.csv")
+        write_csv(run_dir / "splits.csv", frame[["path", "track_id", "label", "split"]])
     fit_rows = frame[frame["split"].isin(["train", "val"])]
     if (fit_rows["split"] == "train").sum() == 0:
         raise ValueError("the manifest has no train rows")
@@ -647,7 +647,7 @@ def _train(
         improved = score > state["best_auc"] + 1e-6 or state["best_epoch"] == 0
         if improved:
             state.update(best_auc=score, best_epoch=epoch, bad_epochs=0)
-            _save_atomic({"model": model.state_dict(), "epoch": epoch, **common}, best_path)
+            _save_checkpoint({"model": model.state_dict(), "epoch": epoch, **common}, best_path)
         else:
             state["bad_epochs"] += 1
             if cfg.patience and state["bad_epochs"] >= cfg.patience:
@@ -656,12 +656,12 @@ def _train(
             tqdm.write(f"epoch {epoch}: train_loss {total_loss / max(seen, 1):.4f}  val_loss "
                        f"{val_loss:.4f}  val_roc_auc {val_auc:.4f}  ({seconds:.1f} s)")
         finished = state["epoch"] >= cfg.epochs or state["stopped_early"]
-        _save_atomic({
+        _save_checkpoint({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": _rng_state(generators, mixup_rng),
             "finished": finished, **state, **common,
         }, last_path)
-        _write_csv_atomic(pd.DataFrame(state["history"]), run_dir / "history.csv")
+        write_csv(run_dir / "history.csv", pd.DataFrame(state["history"]))
         epochs_this_call += 1
 
     if not (state["epoch"] >= cfg.epochs or state["stopped_early"]):
@@ -677,7 +677,7 @@ def _train(
     t_fpr = threshold_for_fpr(val_y, p_val, cfg.target_fpr)
     val_frame = val_ds.frame[["path", "track_id", "label"]].assign(
         logit=val_logits, p_ai=p_val)
-    _write_csv_atomic(val_frame, run_dir / "val_predictions.csv")
+    write_csv(run_dir / "val_predictions.csv", val_frame)
     info = {
         "format": RUN_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017
@@ -706,25 +706,8 @@ def _train(
                     "train_s": round(state["train_seconds"], 3),
                     "this_call_s": round(time.perf_counter() - t_start, 3)},
     }
-    write_json_atomic(run_dir / "run.json", _finite(info))
+    write_json(run_dir / "run.json", info)
     return run_dir
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf → None so that run.json and metrics.json are strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float | np.floating) and not math.isfinite(float(obj)):
-        return None
-    return obj
-
-
-def _write_csv_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------
