@@ -45,15 +45,15 @@ def test_read_json_names_a_damaged_file(tmp_path):
 
 
 def _hammer(path: str, value: int) -> None:
-    for _ in range(200):
-        write_text(path, str(value) * 10_000)
+    for _ in range(1000):
+        write_text(path, str(value) * 100_000)
 
 
 def test_concurrent_writers_never_leave_a_mixed_file(tmp_path):
     # Two real processes write the same target over and over; every read must see one
     # writer's whole content (a shared temporary name would interleave them).
     target = tmp_path / "shared.txt"
-    write_text(target, "0" * 10_000)
+    write_text(target, "0" * 100_000)
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_hammer, args=(str(target), v)) for v in (1, 2)]
     for p in procs:
@@ -61,7 +61,7 @@ def test_concurrent_writers_never_leave_a_mixed_file(tmp_path):
     seen = set()
     while any(p.is_alive() for p in procs):
         text = target.read_text()
-        assert len(set(text)) == 1 and len(text) == 10_000
+        assert len(set(text)) == 1 and len(text) == 100_000
         seen.add(text[0])
     for p in procs:
         p.join()
