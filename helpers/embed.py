@@ -458,7 +458,7 @@ class ClassifierEmbedder(Embedder):
     Parameters
     ----------
     run_dir : path
-        A run folder written by `helpers.train` (loaded with `helpers.train.load_run`).
+        A run folder written by `helpers.train` (loaded with `helpers.run.load_run`).
     device : str, optional
         Torch device; ``None`` uses CPU.
     """
@@ -467,7 +467,7 @@ class ClassifierEmbedder(Embedder):
 
     def __init__(self, run_dir: str | os.PathLike, device: str | None = None) -> None:
         from helpers.config import FrontEndConfig
-        from helpers.train import load_run
+        from helpers.run import load_run
 
         self.run_dir = Path(run_dir)
         self.device = device

@@ -31,7 +31,7 @@ from helpers.metrics import (
     sigmoid,
     subgroup_metrics,
 )
-from helpers.train import load_run, predict_logits
+from helpers.run import load_run, predict_logits
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ class Analyzer:
         embedder_overrides: dict[str, Any] | None = None,
     ) -> None:
         from helpers.index import CatalogIndex
-        from helpers.train import load_run
+        from helpers.run import load_run
 
         self.model, self.run_info = load_run(run, device=device)
         self.frontend = FrontEndConfig.from_dict(self.run_info["frontend"])
@@ -76,7 +76,7 @@ class Analyzer:
 
     def score_audio(self, y: np.ndarray, sr: int, name: str | os.PathLike = "<audio>") -> float:
         """Calibrated P(AI) of the first ``duration`` seconds of decoded audio."""
-        from helpers.train import predict_proba
+        from helpers.run import predict_proba
 
         t0 = time.perf_counter()
         mel = mel_db(prepare_clip(y, sr, self.frontend, name=name), self.frontend)
@@ -98,7 +98,7 @@ class Analyzer:
             ``starts`` (s), ``p_ai`` per window, ``max``, ``mean``, ``most_ai_segment``
             ([start, end] in s of the window with the highest P(AI)).
         """
-        from helpers.train import predict_proba
+        from helpers.run import predict_proba
 
         width = int(self.frontend.duration * sr)
         hop = int((hop_seconds or self.frontend.duration / 2) * sr)

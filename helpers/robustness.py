@@ -336,7 +336,7 @@ def evaluate_robustness(
     from tqdm.auto import tqdm
 
     from helpers.metrics import binary_metrics
-    from helpers.train import load_run, predict_proba
+    from helpers.run import load_run, predict_proba
 
     run_dir = Path(run_dir)
     names = _names(perturbations)
@@ -714,7 +714,7 @@ def codec_confound_check(
     if runs is not None:
         from sklearn.metrics import roc_auc_score
 
-        from helpers.train import score_files
+        from helpers.run import score_files
 
         if isinstance(runs, str | os.PathLike):
             runs = {Path(runs).name: runs}

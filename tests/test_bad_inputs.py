@@ -26,7 +26,8 @@ from helpers.config import FrontEndConfig
 from helpers.datasets import ManifestError, load_manifest, write_manifest
 from helpers.evaluate import evaluate
 from helpers.pipeline import analyze, analyze_many
-from helpers.train import TrainConfig, score_files, train
+from helpers.run import score_files
+from helpers.train import TrainConfig, train
 
 FRONT = FrontEndConfig(duration=2.0)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -35,7 +35,8 @@ from helpers.config import FrontEndConfig
 from helpers.datasets import load_manifest, write_manifest
 from helpers.embed import FeatureEmbedder, l2_normalise
 from helpers.index import CatalogIndex, build_index
-from helpers.train import TrainConfig, load_run, train
+from helpers.run import load_run
+from helpers.train import TrainConfig, train
 
 CLI = [sys.executable, "-m", "helpers"]
 FRONT = FrontEndConfig(duration=2.0)

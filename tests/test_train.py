@@ -11,15 +11,8 @@ import soundfile as sf
 import torch
 
 from helpers.config import FrontEndConfig
-from helpers.train import (
-    TrainConfig,
-    augment,
-    carve_val_split,
-    load_run,
-    predict_proba,
-    score_files,
-    train,
-)
+from helpers.run import load_run, predict_proba, score_files
+from helpers.train import TrainConfig, augment, carve_val_split, train
 
 SR = 16_000
 FRONTEND = FrontEndConfig(duration=2.0)  # 63 frames: tiny and fast

@@ -1,0 +1,180 @@
+"""A trained run: load it, predict P(AI), score audio files.
+
+A run folder is what `helpers.train.train` writes (``run.json``, ``best.pt``, ...). Everything
+that *uses* a run lives here, so evaluation, the pipeline, the embedders and the robustness
+checks depend on this small module rather than on the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from helpers.audio import AudioError, load_clip, mel_db
+from helpers.config import FrontEndConfig
+from helpers.io import read_json
+from helpers.metrics import sigmoid
+from helpers.model import ModelConfig, build_model
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by `helpers.train`, naming the file when it is damaged."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file: say which and what to do
+        raise RuntimeError(f"{path}: unreadable checkpoint ({err}); delete it and retrain, or "
+                           "resume from the other checkpoint") from err
+
+
+def load_run(
+    run_dir: str | os.PathLike, device: str | torch.device | None = None,
+    checkpoint: str | None = None,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a trained classifier and its ``run.json``.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        A folder written by `train`.
+    device : str or torch.device, optional
+        Default CPU.
+    checkpoint : str, optional
+        File in the run folder; default the one ``run.json`` names (``best.pt``).
+
+    Returns
+    -------
+    model : torch.nn.Module
+        In eval mode; ``model(mel)`` gives logits ``(batch,)``, ``model.embed(mel)`` the
+        pooled vector ``(batch, dim)``.
+    run_info : dict
+        The contents of ``run.json`` (``frontend``, ``temperature``, ``threshold``, ...).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``run.json``: the run never finished (resume it with ``train(..., resume=True)``).
+    """
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    if not info_path.exists():
+        hint = (" (last.pt exists: finish it with train(..., resume=True))"
+                if (run_dir / "last.pt").exists() else "")
+        raise FileNotFoundError(f"{info_path} not found: not a finished run folder{hint}")
+    info = read_json(info_path)
+    model = build_model(ModelConfig.from_dict(info["model_config"]), info.get("model_kind",
+                                                                              "spectttra"))
+    state = load_checkpoint(run_dir / (checkpoint or info.get("checkpoint", "best.pt")))
+    model.load_state_dict(state["model"])
+    model.to(device or "cpu").eval()
+    return model, info
+
+
+@torch.no_grad()
+def predict_proba(
+    model: torch.nn.Module, run_info: dict[str, Any], mel_batch: np.ndarray | torch.Tensor,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Calibrated P(AI) for dB mel spectrograms.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        From `load_run`.
+    run_info : dict
+        From `load_run` (its ``temperature`` is applied).
+    mel_batch : array or tensor, shape (batch, n_mels, frames)
+        dB mels on the run's front end (``run_info["frontend"]``).
+    batch_size : int
+
+    Returns
+    -------
+    np.ndarray, shape (batch,), float64
+        ``sigmoid(logit / temperature)``.
+    """
+    logits = predict_logits(model, mel_batch, batch_size)
+    return sigmoid(logits / float(run_info.get("temperature", 1.0)))
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module, mel_batch: np.ndarray | torch.Tensor, batch_size: int = 64
+) -> np.ndarray:
+    """Raw logits ``(batch,)`` for dB mels ``(batch, n_mels, frames)``."""
+    x = torch.as_tensor(np.asarray(mel_batch) if not torch.is_tensor(mel_batch) else mel_batch)
+    if x.dim() == 2:
+        x = x[None]
+    device = next(model.parameters()).device
+    model.eval()
+    out = [model(x[i: i + batch_size].to(device).float()).float().cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def score_files(
+    run_dir: str | os.PathLike,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 16,
+    device: str | None = None,
+    on_error: str = "raise",
+    progress: bool = False,
+    model_and_info: tuple[torch.nn.Module, dict[str, Any]] | None = None,
+) -> np.ndarray:
+    """Calibrated P(AI) for audio files, using the run's own front end.
+
+    Parameters
+    ----------
+    run_dir : str or path-like
+        A finished run folder.
+    paths : sequence of paths
+        Audio files (anything `helpers.audio.load_clip` reads).
+    batch_size : int
+    device : str, optional
+        Default CPU.
+    on_error : str
+        ``"raise"`` re-raises `helpers.audio.AudioError` for an unreadable file; ``"nan"``
+        gives NaN for it and goes on.
+    progress : bool
+    model_and_info : tuple, optional
+        An already loaded ``load_run(run_dir)``, to score many batches without reloading.
+
+    Returns
+    -------
+    np.ndarray, shape (len(paths),), float64
+    """
+    if on_error not in ("raise", "nan"):
+        raise ValueError(f"on_error must be 'raise' or 'nan', got {on_error!r}")
+    model, info = model_and_info or load_run(run_dir, device=device)
+    frontend = FrontEndConfig.from_dict(info["frontend"])
+    out = np.full(len(paths), np.nan)
+    batch: list[np.ndarray] = []
+    where: list[int] = []
+
+    def flush() -> None:
+        if batch:
+            out[where] = predict_proba(model, info, np.stack(batch), batch_size)
+            batch.clear()
+            where.clear()
+
+    for i, path in enumerate(tqdm(paths, desc="score", disable=not progress, unit="file")):
+        try:
+            batch.append(mel_db(load_clip(path, frontend), frontend))
+            where.append(i)
+        except AudioError:
+            if on_error == "raise":
+                raise
+            log.warning("could not score %s", path, exc_info=True)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return out
