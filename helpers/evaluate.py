@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from helpers.cache import CacheDataset, preprocess
 from helpers.config import FrontEndConfig
+from helpers.datasets import load_manifest, manifest_fingerprint
 from helpers.io import finite, write_csv, write_json
 from helpers.metrics import (
     binary_metrics,
@@ -31,7 +33,7 @@ from helpers.metrics import (
     sigmoid,
     subgroup_metrics,
 )
-from helpers.run import load_run, predict_logits
+from helpers.run import load_run, predict_logits, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ def evaluate(
     device: str | None = None,
     figures: bool = True,
     progress: bool = True,
+    batch_size: int = 64,
 ) -> dict[str, Any]:
     """Score one split of a manifest with a trained run and write metrics, predictions, figures.
 
@@ -73,6 +76,9 @@ def evaluate(
     figures : bool
         Also draw the PNG figures (the numbers behind them are written either way).
     progress : bool
+    batch_size : int
+        Clips read from the cache and scored at a time: memory stays bounded by one batch of
+        mels however large the split (10k 30 s clips would be ~5 GB at once).
 
     Returns
     -------
@@ -85,91 +91,97 @@ def evaluate(
     ValueError
         The split has no clips (or none could be read).
     """
-    from helpers.cache import CacheDataset, preprocess
-    from helpers.datasets import load_manifest, manifest_fingerprint
-
     run_dir = Path(run_dir)
     model, info = load_run(run_dir, device=device)
-    frontend = FrontEndConfig.from_dict(info["frontend"])
     frame = load_manifest(manifest)
-    if split in ("val", "train") and not (frame["split"] == "val").any():
-        splits_csv = run_dir / "splits.csv"
-        if splits_csv.exists():
-            saved = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)
-            frame = frame.drop(columns="split").merge(saved[["path", "split"]], on="path",
-                                                      how="inner")
-    rows = frame if split == "all" else frame[frame["split"] == split]
-    if rows.empty:
-        raise ValueError(f"the manifest has no {split!r} rows (splits present: "
-                         f"{sorted(frame['split'].unique())})")
+    rows = split_rows(frame, split, run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cache_dir is None:
-        cache_dir = Path(info.get("cache_dir") or run_dir / "cache")
-        if not (cache_dir / "frontend.json").exists() and not cache_dir.parent.exists():
-            cache_dir = run_dir / "cache"
-    preprocess(rows, cache_dir, config=frontend, progress=progress)
+    cache_dir = _cache_for(run_dir, info, cache_dir)
+    preprocess(rows, cache_dir, config=FrontEndConfig.from_dict(info["frontend"]),
+               progress=progress)
     dataset = CacheDataset(cache_dir, rows)
     if len(dataset) == 0:
         raise ValueError(f"none of the {len(rows)} {split!r} clips could be read; see "
                          f"{Path(cache_dir) / 'failures.csv'}")
+    logits = _stream_logits(model, dataset, batch_size)
+    preds = _predictions(dataset.frame, logits, info)
+    write_csv(out_dir / "predictions.csv", preds)
+    m = _metrics(preds, info)
+    y, p = (preds["label"] == "ai").to_numpy(int), preds["p_ai"].to_numpy()
+    _write_figures(out_dir / "figures", run_dir, y, p, sigmoid(logits), m["threshold"],
+                   m["fpr_threshold"], m["target_fpr"], m["ece_n_bins"], m["ece"], draw=figures)
+    metrics = finite({**m, "split": split, "run": str(run_dir.resolve()),
+                      "manifest_fingerprint": manifest_fingerprint(frame),
+                      "dropped": dataset.dropped})
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
 
-    mels = torch.stack([dataset[i][0] for i in range(len(dataset))])  # (n, n_mels, frames)
-    logits = predict_logits(model, mels)
-    y = dataset.labels.astype(int)
-    temperature = float(info.get("temperature", 1.0))
-    p_raw = sigmoid(logits)
-    p = sigmoid(logits / temperature)
+
+def _cache_for(run_dir: Path, info: dict[str, Any],
+               cache_dir: str | os.PathLike | None) -> Path:
+    """The feature cache to use: as given, else the run's own when it still exists."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    cache = Path(info.get("cache_dir") or run_dir / "cache")
+    if not (cache / "frontend.json").exists() and not cache.parent.exists():
+        cache = run_dir / "cache"
+    return cache
+
+
+def _stream_logits(model: torch.nn.Module, dataset: CacheDataset, batch_size: int) -> np.ndarray:
+    """Logits ``(len(dataset),)``, reading and scoring `batch_size` cached mels at a time."""
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        stop = min(start + batch_size, len(dataset))
+        mels = torch.stack([dataset[i][0] for i in range(start, stop)])  # (batch, n_mels, frames)
+        out.append(predict_logits(model, mels, batch_size))
+    return np.concatenate(out)
+
+
+def _predictions(kept: pd.DataFrame, logits: np.ndarray, info: dict[str, Any]) -> pd.DataFrame:
+    """``path, track_id, label, logit, p_ai, pred`` plus the subgroup columns present."""
+    p = sigmoid(logits / float(info.get("temperature", 1.0)))
+    preds = kept[["path", "track_id", "label"]].assign(
+        logit=logits, p_ai=p, pred=np.where(p >= float(info["threshold"]), "ai", "human"))
+    for c in SUBGROUP_COLUMNS:
+        if c in kept and (kept[c].astype(str) != "").any():
+            preds[c] = kept[c].to_numpy()
+    return preds
+
+
+def _metrics(preds: pd.DataFrame, info: dict[str, Any], n_bins: int = 15) -> dict[str, Any]:
+    """Metrics at both of the run's thresholds, calibration and subgroups (`evaluate`)."""
+    y = (preds["label"] == "ai").to_numpy(int)
+    p, p_raw = preds["p_ai"].to_numpy(), sigmoid(preds["logit"].to_numpy())
     threshold = float(info["threshold"])
     t_fpr = float(info.get("thresholds", {}).get("fpr", threshold))
-    target_fpr = info.get("thresholds", {}).get("target_fpr")
-
-    kept = dataset.frame
-    preds = kept[["path", "track_id", "label"]].assign(
-        logit=logits, p_ai=p, pred=np.where(p >= threshold, "ai", "human"))
-    present = [c for c in SUBGROUP_COLUMNS if c in kept and (kept[c].astype(str) != "").any()]
-    for c in present:
-        preds[c] = kept[c].to_numpy()
-    write_csv(out_dir / "predictions.csv", preds)
-
     at_t = binary_metrics(y, p, threshold)
-    at_fpr = binary_metrics(y, p, t_fpr)
-    n_bins = 15
-    ece = {"before": expected_calibration_error(y, p_raw, n_bins),
-           "after": expected_calibration_error(y, p, n_bins)}
-    table = preds.assign(y=y)
     subgroups: dict[str, Any] = {}
-    for c in present:
+    table = preds.assign(y=y)
+    for c in (c for c in SUBGROUP_COLUMNS if c in preds):
         sub = subgroup_metrics(table, c, threshold, label_col="y", score_col="p_ai")
         subgroups[c] = sub.to_dict(orient="records")
         if c == "genre":  # the fairness question: how often is each genre's human music flagged
             human = sub[sub["n_human"] > 0]
             subgroups["genre_human_fpr"] = dict(zip(human["group"], human["fpr"], strict=True))
-    metrics: dict[str, Any] = {
+    return {
         **{k: at_t[k] for k in _TOP_LEVEL},
-        "split": split,
-        "run": str(run_dir.resolve()),
-        "manifest_fingerprint": manifest_fingerprint(frame),
-        "n": len(dataset),
+        "n": len(y),
         "n_ai": int(y.sum()),
         "n_human": int(len(y) - y.sum()),
-        "dropped": dataset.dropped,
-        "temperature": temperature,
+        "temperature": float(info.get("temperature", 1.0)),
         "threshold": threshold,
         "fpr_threshold": t_fpr,
-        "target_fpr": target_fpr,
+        "target_fpr": info.get("thresholds", {}).get("target_fpr"),
         "at_threshold": at_t,
-        "at_fpr_threshold": at_fpr,
+        "at_fpr_threshold": binary_metrics(y, p, t_fpr),
         "at_0.5_uncalibrated": binary_metrics(y, p_raw, 0.5),
-        "ece": ece,
+        "ece": {"before": expected_calibration_error(y, p_raw, n_bins),
+                "after": expected_calibration_error(y, p, n_bins)},
         "ece_n_bins": n_bins,
         "subgroups": subgroups,
     }
-    metrics = finite(metrics)
-    write_json(out_dir / "metrics.json", metrics)
-    _write_figures(out_dir / "figures", run_dir, y, p, p_raw, threshold, t_fpr, target_fpr,
-                   n_bins, ece, draw=figures)
-    return metrics
 
 
 def _write_figures(

@@ -1,8 +1,8 @@
-"""A trained run: load it, predict P(AI), score audio files.
+"""A trained run: load it, predict P(AI), score audio files, find the rows it trained on.
 
-A run folder is what `helpers.train.train` writes (``run.json``, ``best.pt``, ...). Everything
-that *uses* a run lives here, so evaluation, the pipeline, the embedders and the robustness
-checks depend on this small module rather than on the training loop.
+A run folder is what `helpers.train.train` writes (``run.json``, ``best.pt``, ``splits.csv``,
+...). Everything that *uses* a run lives here, so evaluation, the pipeline, the embedders and
+the robustness checks depend on this small module rather than on the training loop.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -24,6 +25,9 @@ from helpers.metrics import sigmoid
 from helpers.model import ModelConfig, build_model
 
 log = logging.getLogger(__name__)
+
+#: Every manifest row's split as trained (validation carved from ``train`` included).
+SPLITS_FILE = "splits.csv"
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
@@ -178,3 +182,85 @@ def score_files(
             flush()
     flush()
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# The rows a run trained on
+# ------------------------------------------------------------------------------------------
+
+
+def read_splits(run_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """A run's ``splits.csv`` (``path, track_id, label, split[, manifest_split]``), or None.
+
+    ``split`` is the split as trained (carved validation rows say ``val``); ``manifest_split``
+    is the split the manifest gave (runs written before it was recorded lack the column).
+    """
+    path = Path(run_dir) / SPLITS_FILE
+    return pd.read_csv(path, dtype=str, keep_default_na=False) if path.exists() else None
+
+
+def split_rows(
+    frame: pd.DataFrame, split: str, run_dir: str | os.PathLike | None = None
+) -> pd.DataFrame:
+    """The rows of one split, as the run saw them.
+
+    Parameters
+    ----------
+    frame : pd.DataFrame
+        A loaded manifest (`helpers.datasets.load_manifest`).
+    split : str
+        ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+    run_dir : str or path-like, optional
+        A run folder. For ``"train"``/``"val"`` on a manifest without ``val`` rows, its
+        ``splits.csv`` decides membership (the validation split carved at training time).
+
+    Returns
+    -------
+    pd.DataFrame
+        The rows, index reset.
+
+    Raises
+    ------
+    ValueError
+        The split has no rows.
+    """
+    if split in ("val", "train") and run_dir is not None and not (frame["split"] == "val").any():
+        saved = read_splits(run_dir)
+        if saved is not None:
+            frame = frame.drop(columns="split").merge(saved[["path", "split"]], on="path",
+                                                      how="inner")
+    rows = frame if split == "all" else frame[frame["split"] == split]
+    if rows.empty:
+        raise ValueError(f"the manifest has no {split!r} rows (splits present: "
+                         f"{sorted(frame['split'].unique())})")
+    return rows.reset_index(drop=True)
+
+
+def manifest_changes(saved: pd.DataFrame, frame: pd.DataFrame) -> dict[str, int]:
+    """How a manifest differs from the one a run trained on.
+
+    Parameters
+    ----------
+    saved : pd.DataFrame
+        The run's `read_splits`.
+    frame : pd.DataFrame
+        A loaded manifest.
+
+    Returns
+    -------
+    dict
+        ``added`` and ``removed`` (paths only on one side) and ``changed`` (same path, other
+        label or split) row counts; all zero when the manifest is the one trained on.
+    """
+    old_all, new_all = saved.set_index("path"), frame.set_index("path")
+    both = old_all.index.intersection(new_all.index)
+    old, new = old_all.loc[both], new_all.loc[both]
+    if "manifest_split" in old:
+        old_split = old["manifest_split"]
+    else:  # an older run: a carved validation row may have been a train row in the manifest
+        carved = (old["split"] == "val") & (new["split"] == "train")
+        old_split = old["split"].mask(carved, "train")
+    changed = (old["label"] != new["label"]) | (old_split != new["split"])
+    return {"added": int(new_all.index.difference(old_all.index).size),
+            "removed": int(old_all.index.difference(new_all.index).size),
+            "changed": int(changed.sum())}

@@ -3,17 +3,23 @@
 `train` turns a manifest into a self-describing run folder::
 
     run.json          everything needed to reuse the model: model/train/front-end configs,
-                      temperature, thresholds, manifest fingerprint, parameter count, timings
-    best.pt           weights with the best validation ROC-AUC (what `helpers.run.load_run` loads)
+                      temperature, thresholds, manifest fingerprint, parameter count, timings,
+                      and which of its numbers are optimistic (chosen on validation)
+    best.pt           weights of the best validation epoch (what `helpers.run.load_run` loads)
     last.pt           full training state after the latest epoch (what `resume=True` reads)
     history.csv       epoch, train_loss, val_loss, val_roc_auc, lr, seconds
     splits.csv        every clip's split as trained (including a carved validation split)
     val_predictions.csv   validation logits, used for calibration and thresholds
 
-A checkpoint is written after every epoch through a temporary file and `os.replace`, and holds
-the model, optimizer, scheduler, early-stopping state and every random state (python, numpy,
+It reads top to bottom as `_train` does: prepare (configs, splits, feature cache) -> build
+(model, optimiser, loaders, generators) -> fit (epochs, early stopping, checkpoints) ->
+calibrate (temperature and thresholds on validation) -> write (``run.json``).
+
+A checkpoint is written after every epoch through `helpers.io.atomic_path`, and holds the
+model, optimizer, scheduler, early-stopping state and every random state (python, numpy,
 torch, CUDA, the data-order generator and the augmentation generators). Resuming therefore
-ends with the same weights as a run that was never interrupted (``tests/test_train.py``).
+ends with the same weights as a run that was never interrupted (``tests/test_train.py``), and
+it is refused when the manifest or the training settings differ from the run's own.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,9 @@ from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from tqdm.auto import tqdm
 
 from helpers.audio import default_device
+from helpers.cache import CacheDataset, preprocess
 from helpers.config import FrontEndConfig
+from helpers.datasets import load_manifest, manifest_fingerprint
 from helpers.io import atomic_path, read_json, write_csv, write_json
 from helpers.metrics import (
     binary_metrics,
@@ -50,11 +58,17 @@ from helpers.metrics import (
     threshold_for_fpr,
 )
 from helpers.model import ModelConfig, build_model, model_config_for
-from helpers.run import load_checkpoint
+from helpers.run import SPLITS_FILE, load_checkpoint, manifest_changes, read_splits
 
 log = logging.getLogger(__name__)
 
 RUN_FORMAT = 1
+
+#: `TrainConfig` fields a resumed run may change (see its Notes).
+RESUME_MAY_CHANGE = frozenset({"num_workers", "cpu_threads", "device"})
+
+#: Early stopping's tolerance: ROC-AUCs (and losses) closer than this count as equal.
+_TIE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,10 @@ class TrainConfig:
         and the front end clips to ``top_db`` below each clip's own maximum, so a constant dB
         offset cancels exactly. 0 turns it off.
     patience : int
-        Stop after this many epochs without a better validation ROC-AUC; 0 disables.
+        Stop after this many epochs without a better validation epoch; 0 disables. An epoch
+        is better with a higher validation ROC-AUC, or an equal one (within 1e-6) and a lower
+        validation loss: ROC-AUC saturates at 1.0 on easy data, and the loss still tells the
+        epochs apart.
     val_fraction : float
         Share of training tracks carved out as validation when the manifest has no ``val``
         rows (grouped by ``track_id``, stratified by label).
@@ -117,6 +134,14 @@ class TrainConfig:
         ``"bf16"`` forces it on CUDA; ``"off"``.
     device : str
         ``"auto"`` (CUDA, then MPS, then CPU) or a torch device string.
+
+    Notes
+    -----
+    A resumed run keeps its settings: `train` refuses to resume with other values, except for
+    `RESUME_MAY_CHANGE` (where and how fast it runs, not what it learns: ``num_workers`` does
+    not change a single bit, ``device`` and ``cpu_threads`` only the rounding of float sums).
+    ``epochs`` is not among them: the cosine schedule decays to 0 over all epochs, so more
+    epochs would be a different run, not a longer one.
     """
 
     epochs: int = 40
@@ -273,6 +298,103 @@ def augment(
     return x
 
 
+def mixup(
+    x: torch.Tensor, target: torch.Tensor, alpha: float, rng: np.random.Generator,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix every clip with another of the batch: ``lam * a + (1 - lam) * b``, targets alike.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (batch, n_mels, frames)
+    target : torch.Tensor, shape (batch,)
+        Soft targets in [0, 1].
+    alpha : float
+        ``lam ~ Beta(alpha, alpha)``, one per batch; 0 returns the inputs unchanged.
+    rng : np.random.Generator
+        Draws `lam`.
+    generator : torch.Generator
+        Draws the partner of each clip (a permutation of the batch).
+
+    Returns
+    -------
+    x : torch.Tensor, shape (batch, n_mels, frames)
+    target : torch.Tensor, shape (batch,)
+    """
+    if alpha <= 0:
+        return x, target
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(len(x), generator=generator)
+    return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
+
+
+def prepare_batch(
+    x: torch.Tensor, y: torch.Tensor, config: TrainConfig, generator: torch.Generator,
+    mixup_rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What one optimizer step sees: augmented mels and smoothed, mixed targets.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (batch, n_mels, frames)
+        dB mels as the loader gives them.
+    y : torch.Tensor, shape (batch,)
+        1.0 for AI, 0.0 for human.
+    config : TrainConfig
+        `augment` settings, ``label_smoothing`` (targets ``y * (1 - s) + s / 2``) and
+        ``mixup_alpha``.
+    generator : torch.Generator
+        The augmentation generator (masks, tilt, roll and the mixup partners).
+    mixup_rng : np.random.Generator
+
+    Returns
+    -------
+    x : torch.Tensor, shape (batch, n_mels, frames)
+    target : torch.Tensor, shape (batch,)
+    """
+    x = augment(x, config, generator)  # (batch, n_mels, frames)
+    target = y * (1 - config.label_smoothing) + 0.5 * config.label_smoothing  # (batch,)
+    return mixup(x, target, config.mixup_alpha, mixup_rng, generator)
+
+
+def make_train_loader(
+    dataset: torch.utils.data.Dataset, labels: np.ndarray, config: TrainConfig,
+    generator: torch.Generator, pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """Shuffled training batches; class-balanced draws when ``class_balance="sampler"``.
+
+    Parameters
+    ----------
+    dataset : torch.utils.data.Dataset
+    labels : np.ndarray, shape (len(dataset),)
+        1 for AI, 0 for human; both must occur.
+    config : TrainConfig
+    generator : torch.Generator
+        The data-order generator (saved in checkpoints).
+    pin_memory : bool
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        ``len(dataset)`` draws per epoch. With the sampler each draw is AI with probability
+        1/2, with replacement; otherwise every clip once. The last partial batch is dropped
+        when there is more than one batch.
+    """
+    if config.class_balance == "sampler":
+        n_ai = int((labels > 0.5).sum())
+        weights = np.where(labels > 0.5, 0.5 / n_ai, 0.5 / (len(labels) - n_ai))
+        sampler = torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
+            replacement=True, generator=generator)
+        order: dict[str, Any] = {"sampler": sampler}
+    else:
+        order = {"shuffle": True, "generator": generator}
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=config.batch_size, drop_last=len(dataset) > config.batch_size,
+        num_workers=config.num_workers, pin_memory=pin_memory,
+        persistent_workers=config.num_workers > 0, **order)
+
+
 # ------------------------------------------------------------------------------------------
 # Random state
 # ------------------------------------------------------------------------------------------
@@ -319,18 +441,13 @@ def _as_tuple(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------
-# Checkpoints
+# Small pieces of the loop
 # ------------------------------------------------------------------------------------------
 
 
 def _save_checkpoint(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-# ------------------------------------------------------------------------------------------
-# Training
-# ------------------------------------------------------------------------------------------
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -391,10 +508,28 @@ def _val_scores(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return loss, auc
 
 
-def _prepare_manifest(manifest: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    from helpers.datasets import load_manifest
+def _update_best(state: dict[str, Any], val_auc: float, val_loss: float, patience: int) -> bool:
+    """Early stopping: True when this epoch is the best so far (see `TrainConfig.patience`)."""
+    auc = -math.inf if math.isnan(val_auc) else val_auc  # one class in val: the loss decides
+    better = (auc > state["best_auc"] + _TIE
+              or (auc >= state["best_auc"] - _TIE and val_loss < state["best_loss"] - _TIE))
+    if better or state["best_epoch"] == 0:
+        state.update(best_auc=auc, best_loss=val_loss, best_epoch=state["epoch"], bad_epochs=0)
+        return True
+    state["bad_epochs"] += 1
+    state["stopped_early"] = bool(patience) and state["bad_epochs"] >= patience
+    return False
 
-    return load_manifest(manifest)
+
+def config_changes(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
+    """Fields that differ between two configs of one dataclass: ``{name: (old, new)}``."""
+    a, b = old.to_dict(), new.to_dict()
+    return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
+# ------------------------------------------------------------------------------------------
+# Training: prepare -> build -> fit -> calibrate -> write
+# ------------------------------------------------------------------------------------------
 
 
 def train(
@@ -421,9 +556,10 @@ def train(
         The run folder (created). It must not hold a run already unless `resume` is set.
     preset : str or ModelConfig
         ``"tiny"`` (CPU demo) or ``"base"`` (SpecTTTra-sized), or a config; its `n_mels` and
-        `n_frames` are set from the front end.
+        `n_frames` are set from the front end. On resume the saved one is used.
     train_config : TrainConfig, optional
-        Defaults to ``TrainConfig()``. On resume the saved one is used.
+        Defaults to ``TrainConfig()``. On resume None keeps the saved one; a config that
+        differs from it (outside `RESUME_MAY_CHANGE`) is refused.
     cache_dir : str or path-like, optional
         Feature cache (default ``out_dir/cache``); missing clips are preprocessed into it.
     resume : bool
@@ -433,7 +569,7 @@ def train(
         Show tqdm bars (loss and clips/s per batch).
     frontend : FrontEndConfig, optional
         How audio becomes a mel. Default: the cache's ``frontend.json`` when the cache exists,
-        else ``FrontEndConfig()``.
+        else ``FrontEndConfig()``. On resume None keeps the saved one; another is refused.
     model_kind : str
         ``"spectttra"`` or ``"vit"`` (the square-patch baseline).
     stop_after_epochs : int, optional
@@ -451,7 +587,9 @@ def train(
     FileExistsError
         `out_dir` holds a run and `resume` is False.
     ValueError
-        No training clips, or a single label, or no validation split can be made.
+        No training clips, or a single label, or no validation split can be made; or, on
+        resume, a manifest with rows added, removed or changed since the run began, or other
+        settings (the message names each field, old -> new).
 
     Examples
     --------
@@ -478,224 +616,332 @@ def _train(
     model_kind: str,
     stop_after_epochs: int | None,
 ) -> Path:
-    from helpers.cache import CacheDataset, preprocess
-    from helpers.datasets import manifest_fingerprint
-
     t_start = time.perf_counter()
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    checkpoint = None
+    checkpoint = _open_run(run_dir, resume)
+    prep = _prepare(manifest, run_dir, cache_dir, checkpoint, preset, train_config, frontend,
+                    model_kind, progress)
+    if prep is None:
+        log.info("%s: run already finished; nothing to resume", run_dir)
+        return run_dir
+    trainer = _build(prep, checkpoint)
+    del checkpoint
+    if not _fit(trainer, prep, stop_after_epochs, progress):
+        return run_dir  # interrupted on purpose; `resume=True` continues
+    calibration = _calibrate(trainer, prep)
+    _write(prep, trainer, calibration, t_start)
+    return run_dir
+
+
+def _open_run(run_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None for a fresh run; refuse to overwrite a run."""
+    last_path = run_dir / "last.pt"
     if resume and last_path.exists():
-        checkpoint = load_checkpoint(last_path)
-        if checkpoint.get("finished") and (run_dir / "run.json").exists():
-            log.info("%s: run already finished; nothing to resume", run_dir)
-            return run_dir
-    elif last_path.exists() or (run_dir / "run.json").exists():
+        return load_checkpoint(last_path)
+    if last_path.exists() or (run_dir / "run.json").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass resume=True to continue it "
                               "or choose another folder")
+    return None
 
+
+@dataclass
+class _Prepared:
+    """What `_prepare` settles before training: settings, splits and the cached features."""
+
+    run_dir: Path
+    cache_dir: Path
+    config: TrainConfig
+    frontend: FrontEndConfig
+    model_config: ModelConfig
+    model_kind: str
+    preset: str
+    fingerprint: str
+    train_ds: CacheDataset
+    val_ds: CacheDataset
+    preprocess: dict[str, Any]
+    preprocess_s: float
+
+    def settings(self) -> dict[str, Any]:
+        """Saved in every checkpoint and in ``run.json``: enough to rebuild the run."""
+        return {"model_config": self.model_config.to_dict(),
+                "train_config": self.config.to_dict(), "frontend": self.frontend.to_dict(),
+                "model_kind": self.model_kind, "preset": self.preset}
+
+
+def _prepare(
+    manifest: str | os.PathLike | pd.DataFrame, run_dir: Path,
+    cache_dir: str | os.PathLike | None, checkpoint: dict[str, Any] | None,
+    preset: str | ModelConfig, train_config: TrainConfig | None,
+    frontend: FrontEndConfig | None, model_kind: str, progress: bool,
+) -> _Prepared | None:
+    """Settle the settings, the splits (checked against the run's on resume) and the cache.
+
+    Returns None, once the call is found to agree with the run, when the run is finished.
+    """
     cache_dir = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
     if checkpoint is not None:
-        train_config = TrainConfig.from_dict(checkpoint["train_config"])
-        frontend = FrontEndConfig.from_dict(checkpoint["frontend"])
+        config, frontend = _resume_settings(run_dir, checkpoint, train_config, frontend)
         model_config = ModelConfig.from_dict(checkpoint["model_config"])
-        model_kind = checkpoint["model_kind"]
-        preset_name = checkpoint["preset"]
+        model_kind, preset_name = checkpoint["model_kind"], checkpoint["preset"]
     else:
-        train_config = train_config or TrainConfig()
+        config = train_config or TrainConfig()
         if frontend is None:
             saved = cache_dir / "frontend.json"
             frontend = (FrontEndConfig.from_dict(read_json(saved)) if saved.exists()
                         else FrontEndConfig())
         model_config = model_config_for(preset, frontend.n_mels, frontend.n_frames)
         preset_name = preset if isinstance(preset, str) else "custom"
-    cfg = train_config
 
-    # --- data -------------------------------------------------------------------------------
-    frame = _prepare_manifest(manifest)
+    frame = load_manifest(manifest)
     fingerprint = manifest_fingerprint(frame)  # of the manifest as given, before carving val
-    if not (frame["split"] == "train").any():  # say so before carving val fails on it
-        raise ValueError(f"the manifest has no train rows (rows per split: "
-                         f"{frame['split'].value_counts().to_dict()}); mark some split=train")
-    if checkpoint is not None and (run_dir / "splits.csv").exists():
-        splits = pd.read_csv(run_dir / "splits.csv", dtype=str, keep_default_na=False)
-        frame = frame.drop(columns="split").merge(splits[["path", "split"]], on="path",
-                                                  how="inner")
-    else:
-        frame = carve_val_split(frame, cfg.val_fraction, cfg.seed)
-        write_csv(run_dir / "splits.csv", frame[["path", "track_id", "label", "split"]])
+    frame = _splits(frame, run_dir, config, resuming=checkpoint is not None)
+    if checkpoint is not None and checkpoint.get("finished") and (run_dir / "run.json").exists():
+        return None
     fit_rows = frame[frame["split"].isin(["train", "val"])]
-    if (fit_rows["split"] == "train").sum() == 0:
-        raise ValueError("the manifest has no train rows")
     t0 = time.perf_counter()
-    prep = preprocess(fit_rows, cache_dir, config=frontend, progress=progress)
+    report = preprocess(fit_rows, cache_dir, config=frontend, progress=progress)
     preprocess_s = time.perf_counter() - t0
     train_ds = CacheDataset(cache_dir, fit_rows[fit_rows["split"] == "train"])
     val_ds = CacheDataset(cache_dir, fit_rows[fit_rows["split"] == "val"])
     n_ai = int(train_ds.labels.sum())
-    n_human = len(train_ds) - n_ai
-    if n_ai == 0 or n_human == 0:
+    if n_ai == 0 or n_ai == len(train_ds):
         hint = (f"; {len(train_ds.dropped)} unreadable clip(s) were left out, see "
-                f"{Path(cache_dir) / 'failures.csv'}" if train_ds.dropped else "")
-        raise ValueError(f"training needs both labels; got {n_ai} ai and {n_human} human "
-                         f"clips{hint}")
+                f"{cache_dir / 'failures.csv'}" if train_ds.dropped else "")
+        raise ValueError(f"training needs both labels; got {n_ai} ai and "
+                         f"{len(train_ds) - n_ai} human clips{hint}")
+    return _Prepared(run_dir, cache_dir, config, frontend, model_config, model_kind,
+                     preset_name, fingerprint, train_ds, val_ds, report, preprocess_s)
 
-    # --- model, optimiser, generators ---------------------------------------------------------
+
+def _resume_settings(
+    run_dir: Path, checkpoint: dict[str, Any], train_config: TrainConfig | None,
+    frontend: FrontEndConfig | None,
+) -> tuple[TrainConfig, FrontEndConfig]:
+    """The run's own settings; refuse a call that asks for others."""
+    saved = TrainConfig.from_dict(checkpoint["train_config"])
+    saved_frontend = FrontEndConfig.from_dict(checkpoint["frontend"])
+    changes = {f"train_config.{k}": v for k, v in config_changes(saved, train_config or saved)
+               .items() if k not in RESUME_MAY_CHANGE}
+    changes.update({f"frontend.{k}": v for k, v in
+                    config_changes(saved_frontend, frontend or saved_frontend).items()})
+    if changes:
+        listed = "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changes.items())
+        raise ValueError(f"cannot resume {run_dir}: this call's settings differ from the run's "
+                         f"({listed}). Pass the run's own settings (None keeps them) or train "
+                         "into a new folder.")
+    if train_config is not None:  # where and how fast it runs: this call decides
+        saved = replace(saved, **{k: getattr(train_config, k) for k in RESUME_MAY_CHANGE})
+    return saved, saved_frontend
+
+
+def _splits(frame: pd.DataFrame, run_dir: Path, config: TrainConfig,
+            resuming: bool) -> pd.DataFrame:
+    """The manifest with the splits as trained: carved and saved, or read back on resume."""
+    if not (frame["split"] == "train").any():  # say so before carving val fails on it
+        raise ValueError(f"the manifest has no train rows (rows per split: "
+                         f"{frame['split'].value_counts().to_dict()}); mark some split=train")
+    saved = read_splits(run_dir) if resuming else None
+    if saved is not None:
+        changes = manifest_changes(saved, frame)
+        if any(changes.values()):
+            raise ValueError(
+                f"cannot resume {run_dir}: the manifest is not the one it trained on "
+                f"({changes['added']} row(s) added, {changes['removed']} removed, "
+                f"{changes['changed']} with another label or split). Resume with that "
+                "manifest, or train into a new folder.")
+        return frame.drop(columns="split").merge(saved[["path", "split"]], on="path",
+                                                  how="inner")
+    carved = carve_val_split(frame, config.val_fraction, config.seed)
+    write_csv(run_dir / SPLITS_FILE, carved[["path", "track_id", "label", "split"]].assign(
+        manifest_split=frame["split"].to_numpy()))
+    return carved
+
+
+@dataclass
+class _Trainer:
+    """The moving parts `_fit` drives; `state` is the early-stopping and history record."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generators: dict[str, torch.Generator]
+    mixup_rng: np.random.Generator
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    pos_weight: torch.Tensor | None
+    device: torch.device
+    state: dict[str, Any]
+
+
+def _build(prep: _Prepared, checkpoint: dict[str, Any] | None) -> _Trainer:
+    """Model, optimiser, schedule, loaders and generators; restored from `checkpoint` if any."""
+    cfg = prep.config
     device = _resolve_device(cfg.device)
     _seed_everything(cfg.seed)
-    model = build_model(model_config, model_kind).to(device)
+    model = build_model(prep.model_config, prep.model_kind).to(device)
     if device.type == "cpu" and (cfg.cpu_threads > 0 or model.count_parameters() < 1_000_000):
         torch.set_num_threads(cfg.cpu_threads or 1)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(0.9, 0.999))
-    drop_last = len(train_ds) > cfg.batch_size
-    steps_per_epoch = (len(train_ds) // cfg.batch_size if drop_last
-                       else math.ceil(len(train_ds) / cfg.batch_size))
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = max(1, int(round(cfg.warmup_frac * total_steps)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps))
     generators = {
         "data": torch.Generator().manual_seed(cfg.seed + 1),
         "augment": torch.Generator().manual_seed(cfg.seed + 2),
     }
     mixup_rng = np.random.default_rng(cfg.seed + 3)
-    if cfg.class_balance == "sampler":
-        weights = np.where(train_ds.labels > 0.5, 0.5 / n_ai, 0.5 / n_human)
-        sampler = torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double), num_samples=len(train_ds),
-            replacement=True, generator=generators["data"])
-        loader_kw = {"sampler": sampler}
-    else:
-        loader_kw = {"shuffle": True, "generator": generators["data"]}
-    train_loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=cfg.batch_size, drop_last=drop_last, num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0, **loader_kw)
+    labels = prep.train_ds.labels
+    train_loader = make_train_loader(prep.train_ds, labels, cfg, generators["data"],
+                                     pin_memory=device.type == "cuda")
     val_loader = torch.utils.data.DataLoader(
-        val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.num_workers)
-    pos_weight = (torch.tensor(n_human / n_ai, device=device)
+        prep.val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False,
+        num_workers=cfg.num_workers)
+    total_steps = len(train_loader) * cfg.epochs
+    warmup_steps = max(1, int(round(cfg.warmup_frac * total_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, warmup_steps))
+    n_ai = float(labels.sum())
+    pos_weight = (torch.tensor((len(labels) - n_ai) / n_ai, device=device)
                   if cfg.class_balance == "pos_weight" else None)
-
-    state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "history": [], "train_seconds": 0.0, "stopped_early": False}
+    state = {"epoch": 0, "best_auc": -math.inf, "best_loss": math.inf, "best_epoch": 0,
+             "bad_epochs": 0, "history": [], "train_seconds": 0.0, "stopped_early": False}
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        state.update({k: checkpoint[k] for k in state})
+        state.update({k: checkpoint[k] for k in state if k in checkpoint})
         _set_rng_state(checkpoint["rng"], generators, mixup_rng)
-        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
-        del checkpoint
+        log.info("resuming %s after epoch %d", prep.run_dir, state["epoch"])
+    return _Trainer(model, optimizer, scheduler, generators, mixup_rng, train_loader,
+                    val_loader, pos_weight, device, state)
 
-    common = {
-        "model_config": model_config.to_dict(), "train_config": cfg.to_dict(),
-        "frontend": frontend.to_dict(), "model_kind": model_kind, "preset": preset_name,
-    }
+
+def _finished(state: dict[str, Any], config: TrainConfig) -> bool:
+    return state["epoch"] >= config.epochs or state["stopped_early"]
+
+
+def _fit(t: _Trainer, prep: _Prepared, stop_after_epochs: int | None, progress: bool) -> bool:
+    """Train epoch by epoch, checkpointing each; True once the run is finished."""
+    cfg, state = prep.config, t.state
     epochs_this_call = 0
-    while (state["epoch"] < cfg.epochs and not state["stopped_early"]
-           and (stop_after_epochs is None or epochs_this_call < stop_after_epochs)):
-        epoch = state["epoch"] + 1
+    while not _finished(state, cfg) and (stop_after_epochs is None
+                                         or epochs_this_call < stop_after_epochs):
         t_epoch = time.perf_counter()
-        model.train()
-        total_loss, seen = 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
-                   leave=False, dynamic_ncols=True)
-        for x, y in bar:
-            x = augment(x, cfg, generators["augment"])  # (batch, n_mels, frames)
-            target = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing  # (batch,)
-            if cfg.mixup_alpha > 0:
-                lam = float(mixup_rng.beta(cfg.mixup_alpha, cfg.mixup_alpha))
-                perm = torch.randperm(len(x), generator=generators["augment"])
-                x = lam * x + (1 - lam) * x[perm]
-                target = lam * target + (1 - lam) * target[perm]
-            x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
-                logits = model(x)  # (batch,)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), target,
-                                                      pos_weight=pos_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(x)
-            seen += len(x)
-            rate = seen / max(time.perf_counter() - t_epoch, 1e-9)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", clips_s=f"{rate:.1f}")
-        bar.close()
-        val_logits, val_y = _predict_logits(model, val_loader, device, cfg.amp)
-        val_loss, val_auc = _val_scores(val_logits, val_y)
+        epoch = state["epoch"] + 1
+        train_loss, seen = _train_epoch(t, cfg, epoch, progress)
+        val_loss, val_auc = _val_scores(*_predict_logits(t.model, t.val_loader, t.device,
+                                                         cfg.amp))
         seconds = time.perf_counter() - t_epoch
         state["train_seconds"] += seconds
         state["epoch"] = epoch
         state["history"].append({
-            "epoch": epoch, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss,
-            "val_roc_auc": val_auc, "lr": optimizer.param_groups[0]["lr"],
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            "val_roc_auc": val_auc, "lr": t.optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 3), "clips_per_second": round(seen / seconds, 2),
         })
-        score = val_auc if not math.isnan(val_auc) else -val_loss
-        improved = score > state["best_auc"] + 1e-6 or state["best_epoch"] == 0
-        if improved:
-            state.update(best_auc=score, best_epoch=epoch, bad_epochs=0)
-            _save_checkpoint({"model": model.state_dict(), "epoch": epoch, **common}, best_path)
-        else:
-            state["bad_epochs"] += 1
-            if cfg.patience and state["bad_epochs"] >= cfg.patience:
-                state["stopped_early"] = True
+        if _update_best(state, val_auc, val_loss, cfg.patience):
+            _save_checkpoint({"model": t.model.state_dict(), "epoch": epoch, **prep.settings()},
+                             prep.run_dir / "best.pt")
         if progress:
-            tqdm.write(f"epoch {epoch}: train_loss {total_loss / max(seen, 1):.4f}  val_loss "
-                       f"{val_loss:.4f}  val_roc_auc {val_auc:.4f}  ({seconds:.1f} s)")
-        finished = state["epoch"] >= cfg.epochs or state["stopped_early"]
+            tqdm.write(f"epoch {epoch}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                       f"val_roc_auc {val_auc:.4f}  ({seconds:.1f} s)")
         _save_checkpoint({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": _rng_state(generators, mixup_rng),
-            "finished": finished, **state, **common,
-        }, last_path)
-        write_csv(run_dir / "history.csv", pd.DataFrame(state["history"]))
+            "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+            "scheduler": t.scheduler.state_dict(), "rng": _rng_state(t.generators, t.mixup_rng),
+            "finished": _finished(state, cfg), **state, **prep.settings(),
+        }, prep.run_dir / "last.pt")
+        write_csv(prep.run_dir / "history.csv", pd.DataFrame(state["history"]))
         epochs_this_call += 1
+    return _finished(state, cfg)
 
-    if not (state["epoch"] >= cfg.epochs or state["stopped_early"]):
-        return run_dir  # interrupted on purpose; `resume=True` continues
 
-    # --- calibration and thresholds on the validation split (best weights) -----------------
-    best = load_checkpoint(best_path, device)
-    model.load_state_dict(best["model"])
-    val_logits, val_y = _predict_logits(model, val_loader, device, cfg.amp)
-    temperature = fit_temperature(val_logits, val_y)
-    p_val = sigmoid(val_logits / temperature)
-    t_f1 = choose_threshold_max_f1(val_y, p_val)
-    t_fpr = threshold_for_fpr(val_y, p_val, cfg.target_fpr)
-    val_frame = val_ds.frame[["path", "track_id", "label"]].assign(
-        logit=val_logits, p_ai=p_val)
-    write_csv(run_dir / "val_predictions.csv", val_frame)
-    info = {
+def _train_epoch(t: _Trainer, cfg: TrainConfig, epoch: int, progress: bool) -> tuple[float, int]:
+    """One pass over the training batches: (mean training loss, clips seen)."""
+    t.model.train()
+    total_loss, seen, t0 = 0.0, 0, time.perf_counter()
+    bar = tqdm(t.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        x, target = prepare_batch(x, y, cfg, t.generators["augment"], t.mixup_rng)
+        x, target = x.to(t.device, non_blocking=True), target.to(t.device, non_blocking=True)
+        with _autocast(t.device, cfg.amp):
+            logits = t.model(x)  # (batch,)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), target,
+                                                  pos_weight=t.pos_weight)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
+        t.optimizer.step()
+        t.scheduler.step()
+        total_loss += loss.item() * len(x)
+        seen += len(x)
+        rate = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", clips_s=f"{rate:.1f}")
+    bar.close()
+    return total_loss / max(seen, 1), seen
+
+
+@dataclass
+class _Calibration:
+    """Validation logits of the best epoch and what is fitted on them."""
+
+    logits: np.ndarray
+    y: np.ndarray
+    temperature: float
+    p: np.ndarray
+    threshold: float
+    fpr_threshold: float
+
+
+def _calibrate(t: _Trainer, prep: _Prepared) -> _Calibration:
+    """Best weights back in; temperature and both thresholds fitted on validation only."""
+    t.model.load_state_dict(load_checkpoint(prep.run_dir / "best.pt", t.device)["model"])
+    logits, y = _predict_logits(t.model, t.val_loader, t.device, prep.config.amp)
+    temperature = fit_temperature(logits, y)
+    p = sigmoid(logits / temperature)
+    return _Calibration(logits, y, temperature, p, choose_threshold_max_f1(y, p),
+                        threshold_for_fpr(y, p, prep.config.target_fpr))
+
+
+def _write(prep: _Prepared, t: _Trainer, cal: _Calibration, t_start: float) -> None:
+    """``val_predictions.csv`` and ``run.json``."""
+    write_csv(prep.run_dir / "val_predictions.csv", prep.val_ds.frame[
+        ["path", "track_id", "label"]].assign(logit=cal.logits, p_ai=cal.p))
+    state, c = t.state, prep.model_config
+    best = state["history"][state["best_epoch"] - 1]
+    n_ai = int(prep.train_ds.labels.sum())
+    write_json(prep.run_dir / "run.json", {
         "format": RUN_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017
-        **common,
-        "checkpoint": best_path.name,
-        "temperature": temperature,
-        "threshold": t_f1,
-        "thresholds": {"max_f1": t_f1, "fpr": t_fpr, "target_fpr": cfg.target_fpr,
-                       "default": "max_f1"},
-        "val_metrics": {"at_threshold": binary_metrics(val_y, p_val, t_f1),
-                        "at_fpr_threshold": binary_metrics(val_y, p_val, t_fpr)},
+        **prep.settings(),
+        "checkpoint": "best.pt",
+        "temperature": cal.temperature,
+        "threshold": cal.threshold,
+        "thresholds": {"max_f1": cal.threshold, "fpr": cal.fpr_threshold,
+                       "target_fpr": prep.config.target_fpr, "default": "max_f1"},
+        "val_roc_auc": best["val_roc_auc"],
+        "val_loss": best["val_loss"],
+        "val_metrics": {"at_threshold": binary_metrics(cal.y, cal.p, cal.threshold),
+                        "at_fpr_threshold": binary_metrics(cal.y, cal.p, cal.fpr_threshold)},
+        "optimistic": {
+            "values": ["best_epoch", "val_roc_auc", "val_loss", "val_metrics", "temperature",
+                       "threshold", "thresholds"],
+            "why": "chosen on the same validation clips (the epoch, the temperature and both "
+                   "thresholds), so validation numbers flatter the model; `evaluate` on the "
+                   "test split gives unbiased ones.",
+        },
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "stopped_early": state["stopped_early"],
-        "manifest_fingerprint": fingerprint,
-        "n_clips": {"train": len(train_ds), "val": len(val_ds), "train_ai": n_ai,
-                    "train_human": n_human},
-        "dropped": train_ds.dropped + val_ds.dropped,
-        "n_parameters": model.count_parameters(),
-        "n_tokens": model_config.n_tokens if model_kind == "spectttra"
-        else model_config.n_patch_tokens,
-        "device": str(device),
+        "manifest_fingerprint": prep.fingerprint,
+        "n_clips": {"train": len(prep.train_ds), "val": len(prep.val_ds), "train_ai": n_ai,
+                    "train_human": len(prep.train_ds) - n_ai},
+        "dropped": prep.train_ds.dropped + prep.val_ds.dropped,
+        "n_parameters": t.model.count_parameters(),
+        "n_tokens": c.n_tokens if prep.model_kind == "spectttra" else c.n_patch_tokens,
+        "device": str(t.device),
         "torch": torch.__version__,
-        "cache_dir": str(cache_dir.resolve()),
-        "timings": {"preprocess_s": round(preprocess_s, 3), "preprocess": prep,
+        "cache_dir": str(prep.cache_dir.resolve()),
+        "timings": {"preprocess_s": round(prep.preprocess_s, 3), "preprocess": prep.preprocess,
                     "train_s": round(state["train_seconds"], 3),
                     "this_call_s": round(time.perf_counter() - t_start, 3)},
-    }
-    write_json(run_dir / "run.json", info)
-    return run_dir
+    })
