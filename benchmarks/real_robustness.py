@@ -9,7 +9,7 @@ composer the model never saw.
 
 1. The real-detection run is evaluated on its test split under every registered perturbation.
 2. The same recipe is trained on the same manifest plus `--copies` perturbed copies of every
-   training clip (`helpers.robustness.perturbed_manifest`) and evaluated the same way.
+   training clip (`helpers.perturb.perturbed_manifest`) and evaluated the same way.
 
 Numbers are measured on real recorded music with a *proxy* AI class, not on SONICS.
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from benchmarks import real_detection  # noqa: E402
 from benchmarks.robustness import (  # noqa: E402
     augmentation_study,
     before_after_table,
@@ -34,7 +35,7 @@ from benchmarks.robustness import (  # noqa: E402
 )
 from helpers.datasets import load_manifest  # noqa: E402
 from helpers.io import read_json  # noqa: E402
-from helpers.robustness import UNAVAILABLE  # noqa: E402
+from helpers.perturb import UNAVAILABLE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -59,8 +60,6 @@ def main(argv: list[str] | None = None) -> dict:
     manifest_csv = detection / "manifest_griffin_lim.csv"
     if not (run_a / "run.json").exists() or not manifest_csv.exists():
         print(f"no finished real-detection run in {detection}: making it ({DETECTION_ARGS})")
-        from benchmarks import real_detection
-
         real_detection.main([*DETECTION_ARGS.split(), "--work", str(detection),
                              "--out", str(RESULTS / "real_detection_widelands.json")])
     t0 = time.perf_counter()

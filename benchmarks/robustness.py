@@ -1,7 +1,7 @@
 """Robustness study on the synthetic demo corpus: perturbations, augmentation, codec confound.
 
 1. The demo run (``demo_out/``, made by ``python -m helpers demo`` or here) is evaluated on the
-   test split under every registered perturbation (`helpers.robustness.PERTURBATIONS`).
+   test split under every registered perturbation (`helpers.perturb.PERTURBATIONS`).
 2. A second run is trained with the same seed, preset and front end on the same manifest plus
    perturbed copies of the training clips (`perturbed_manifest`), and evaluated the same way.
 3. The codec confound: a third run is trained with the confound control
@@ -25,19 +25,21 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from helpers import plots  # noqa: E402
+from helpers.audio import read_audio, write_mp3  # noqa: E402
 from helpers.config import FrontEndConfig  # noqa: E402
-from helpers.datasets import load_manifest  # noqa: E402
+from helpers.datasets import load_manifest, write_manifest  # noqa: E402
+from helpers.evaluate import evaluate  # noqa: E402
 from helpers.io import atomic_path, read_json, write_csv, write_json  # noqa: E402
-from helpers.robustness import (  # noqa: E402
-    UNAVAILABLE,
-    codec_confound_check,
-    evaluate_robustness,
-    perturbed_manifest,
-)
+from helpers.perturb import UNAVAILABLE, perturbed_manifest  # noqa: E402
+from helpers.pipeline import run_demo  # noqa: E402
+from helpers.robustness import codec_confound_check, evaluate_robustness  # noqa: E402
+from helpers.train import TrainConfig, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,8 +68,6 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     demo = Path(args.demo)
     if not (demo / "run" / "run.json").exists():
-        from helpers.pipeline import run_demo
-
         run_demo(demo, seed=0, progress=False)
     run_a = demo / "run"
     info = read_json(run_a / "run.json")
@@ -82,9 +82,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"[3/4] codec confound: runs trained on the corpus with its AI songs stored as "
           f"{args.ai_kbps} kbps MP3 (human songs stay WAV), without and with the control")
-    from helpers.evaluate import evaluate
-    from helpers.train import train
-
     t = time.perf_counter()
     confounded = confounded_manifest(manifest, WORK / "confounded_corpus", args.ai_kbps)
     control_fe = replace(frontend, codec="mp3", codec_bitrate_kbps=args.control_kbps)
@@ -174,11 +171,6 @@ def confounded_manifest(manifest, out: Path, kbps: int) -> Path:
     """The manifest with every AI row's audio re-stored as constant-bitrate MP3 (human rows
     untouched): the SONICS-vs-GTZAN situation, where the file format gives the label away.
     Files already written are reused."""
-    import numpy as np
-
-    from helpers.audio import read_audio, write_mp3
-    from helpers.datasets import write_manifest
-
     frame = manifest.copy()
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for i in np.flatnonzero(frame["label"].to_numpy() == "ai"):
@@ -198,8 +190,6 @@ def augmentation_study(run_a: Path, manifest, work: Path, copies: int,
 
     Returns (table before, table after, augmented run folder, TrainConfig, timings).
     """
-    from helpers.train import TrainConfig, train
-
     timings = {}
     info = read_json(run_a / "run.json")
     frontend = FrontEndConfig.from_dict(info["frontend"])
@@ -231,8 +221,6 @@ def augmentation_study(run_a: Path, manifest, work: Path, copies: int,
 
 def before_after_table(before, after, title: str, copies: int, figure: Path, csv: Path):
     """Merge the two tables, draw the before/after figure and write the CSV atomically."""
-    from helpers import plots
-
     table = before.merge(after, on="perturbation", suffixes=("_plain", "_augmented"))
     fig = plots.plot_robustness(
         table["perturbation"].tolist(),

@@ -1,29 +1,23 @@
-"""Perturbations, robustness evaluation, augmentation copies and the codec confound check."""
+"""Robustness of a trained run to perturbations, and the codec confound check."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 
+from helpers import robustness
 from helpers.config import FrontEndConfig
-from helpers.robustness import (
-    PERTURBATIONS,
-    UNAVAILABLE,
-    apply_perturbation,
-    codec_confound_check,
-    evaluate_robustness,
-    paired_sign_flip_p,
-    perturbed_manifest,
-)
+from helpers.io import read_json
+from helpers.perturb import apply_perturbation
+from helpers.robustness import codec_confound_check, evaluate_robustness, paired_sign_flip_p
+from helpers.run import score_files
 from helpers.train import TrainConfig, train
-
-SR = 22_050
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,89 +33,6 @@ def _music(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
     y = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.6 + 0.4 * np.sin(2 * np.pi * t))
     y = y + 0.02 * rng.standard_normal(n)
     return (0.3 * y / np.max(np.abs(y))).astype(np.float32)
-
-
-def _peak_hz(y: np.ndarray, sr: int) -> float:
-    spec = np.abs(np.fft.rfft(y * np.hanning(len(y))))
-    return float(np.fft.rfftfreq(len(y), 1 / sr)[np.argmax(spec)])
-
-
-def test_every_perturbation_keeps_rate_and_expected_length():
-    y = _music(6.0, SR)
-    for name in PERTURBATIONS:
-        z = apply_perturbation(name, y, SR, np.random.default_rng(0))
-        assert z.dtype == np.float32 and z.ndim == 1 and np.isfinite(z).all(), name
-        if name.startswith("stretch"):
-            rate = float(name.removeprefix("stretch"))
-            assert abs(len(z) - len(y) / rate) <= 0.01 * len(y), name
-        elif name == "trim5s":
-            assert len(z) == len(y) - 5 * SR
-        else:
-            assert len(z) == len(y), name
-        if name != "lowpass8k":  # a tone-ish clip at 22 kHz has little above 8 kHz
-            m = min(len(y), len(z))
-            assert not np.allclose(z[:m], y[:m], atol=1e-4), f"{name} changed nothing"
-
-
-def test_clean_is_identity_and_unknown_names_fail_helpfully():
-    y = _music(1.0, SR)
-    assert np.array_equal(apply_perturbation("clean", y, SR), y)
-    with pytest.raises(KeyError, match="registered"):
-        apply_perturbation("vinyl_crackle", y, SR)
-
-
-@pytest.mark.parametrize("semitones", [-2, -1, 1, 2])
-def test_pitch_shift_moves_a_tone_by_the_right_ratio(semitones):
-    sr = 16_000
-    t = np.arange(2 * sr) / sr
-    y = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
-    z = apply_perturbation(f"pitch{semitones:+d}", y, sr)
-    assert _peak_hz(z, sr) == pytest.approx(440.0 * 2 ** (semitones / 12), rel=0.01)
-
-
-def test_lowpass_removes_energy_above_8khz():
-    sr = 44_100
-    y = np.random.default_rng(0).standard_normal(2 * sr).astype(np.float32) * 0.1
-    z = apply_perturbation("lowpass8k", y, sr)
-    f = np.fft.rfftfreq(len(y), 1 / sr)
-
-    def band_power(x: np.ndarray, lo: float, hi: float) -> float:
-        spec = np.abs(np.fft.rfft(x)) ** 2
-        return float(spec[(f >= lo) & (f < hi)].sum())
-
-    # order-8 Butterworth run forwards and backwards: > 40 dB down from 10 kHz on
-    assert band_power(z, 10_000, 22_000) < 1e-4 * band_power(y, 10_000, 22_000)
-    assert band_power(z, 100, 6_000) > 0.9 * band_power(y, 100, 6_000)
-
-
-@pytest.mark.parametrize("snr", [30, 20])
-def test_noise_is_added_at_the_target_snr(snr):
-    y = _music(3.0, SR)
-    z = apply_perturbation(f"noise{snr}dB", y, SR, np.random.default_rng(1))
-    measured = 10 * np.log10(np.mean(y.astype(float) ** 2) / np.mean((z - y).astype(float) ** 2))
-    assert measured == pytest.approx(snr, abs=0.5)
-
-
-def test_aac_is_registered_when_pyav_is_installed():
-    pytest.importorskip("av")
-    assert {"aac_64", "aac_128"} <= set(PERTURBATIONS)
-    assert not {"aac_64", "aac_128"} & set(UNAVAILABLE)
-
-
-def test_gain_scales_and_clips():
-    y = _music(1.0, SR)
-    down = apply_perturbation("gain-6dB", y, SR)
-    assert np.allclose(down, y * 10 ** (-6 / 20), atol=1e-6)
-    loud = apply_perturbation("gain+6dB", y * 3, SR)
-    assert np.max(np.abs(loud)) <= 1.0
-
-
-@pytest.mark.parametrize("name", [n for n in PERTURBATIONS if n.split("_")[0] in
-                                  ("mp3", "aac", "opus")])
-def test_codec_round_trips_stay_aligned_and_close(name):
-    y = _music(3.0, SR)
-    z = apply_perturbation(name, y, SR)
-    assert np.corrcoef(y, z)[0, 1] > 0.9  # aligned: a misplaced encoder delay would fail this
 
 
 # ------------------------------------------------------------------------------------------
@@ -161,18 +72,42 @@ def tiny_run(tmp_path_factory):
     return run, manifest
 
 
-def test_evaluate_robustness_gives_one_finite_row_per_perturbation(tiny_run, tmp_path):
+def test_evaluate_robustness_scores_the_perturbed_audio(tiny_run, tmp_path):
     run, manifest = tiny_run
-    names = ["mp3_64", "pitch+2", "stretch0.9", "gain-6dB", "noise20dB", "lowpass8k"]
+    deterministic = ["mp3_64", "pitch+2", "stretch0.9"]
+    names = [*deterministic, "gain-6dB", "noise20dB", "lowpass8k"]
     table = evaluate_robustness(run, manifest, perturbations=names, progress=False,
-                                out_dir=tmp_path)
+                                out_dir=tmp_path / "eval")
     assert table["perturbation"].tolist() == ["clean", *names]
     assert np.isfinite(table["roc_auc"]).all() and np.isfinite(table["fpr_on_human"]).all()
     assert (table["n"] == 4).all() and (table["n_human"] == 2).all()
-    assert table.loc[0, "auc_drop"] == 0.0
-    assert (tmp_path / "robustness.csv").exists() and (tmp_path / "robustness.json").exists()
-    preds = pd.read_csv(tmp_path / "robustness_predictions.csv")
-    assert len(preds) == 4 * len(table)
+    assert (tmp_path / "eval" / "robustness.json").exists()
+    assert pd.read_csv(tmp_path / "eval" / "robustness.csv").shape[0] == len(table)
+    preds = pd.read_csv(tmp_path / "eval" / "robustness_predictions.csv")
+    p_ai = preds.pivot(index="path", columns="perturbation", values="p_ai")
+    test_paths = sorted(manifest.loc[manifest["split"] == "test", "path"])
+    assert sorted(p_ai.index) == test_paths
+    clean = p_ai.loc[test_paths, "clean"].to_numpy()
+    assert clean == pytest.approx(score_files(run, test_paths), abs=1e-7)
+
+    # Each row must score the perturbed audio: perturb the files yourself, store them
+    # losslessly and score them as files; the perturbation has to move P(AI), or this
+    # comparison could not tell a perturbed row from a clean one.
+    for name in deterministic:
+        copies = []
+        for path in test_paths:
+            y, sr = sf.read(path, dtype="float32")
+            copy = tmp_path / name / f"{len(copies)}.wav"
+            copy.parent.mkdir(exist_ok=True)
+            sf.write(copy, apply_perturbation(name, y, sr), sr, subtype="FLOAT")
+            copies.append(copy)
+        expected = score_files(run, copies)
+        assert np.max(np.abs(expected - clean)) > 1e-4, f"{name} does not move P(AI) here"
+        assert p_ai.loc[test_paths, name].to_numpy() == pytest.approx(expected, abs=1e-7), name
+    # noise is random (one stream per file): it must move P(AI) beyond float rounding
+    assert np.max(np.abs(p_ai.loc[test_paths, "noise20dB"].to_numpy() - clean)) > 1e-6
+    # the files are 16 kHz: an 8 kHz low-pass is at Nyquist, a no-op by design
+    assert p_ai.loc[test_paths, "lowpass8k"].to_numpy() == pytest.approx(clean, abs=1e-7)
 
 
 def test_trimming_a_clip_to_nothing_is_counted_not_fatal(tiny_run):
@@ -182,36 +117,24 @@ def test_trimming_a_clip_to_nothing_is_counted_not_fatal(tiny_run):
     assert row["n"] == 0 and row["n_failed"] == 4 and math.isnan(row["roc_auc"])
 
 
-def test_perturbed_manifest_adds_copies_of_train_rows_only(tiny_run, tmp_path):
-    _, manifest = tiny_run
-    path = perturbed_manifest(manifest, tmp_path, perturbations=["gain-6dB", "pitch+1"],
-                              copies=1, progress=False)
-    out = pd.read_csv(path, dtype=str, keep_default_na=False)
-    copies = out[out["perturbation"] != ""]
-    n_train = int((out["split"] == "train").sum() - len(copies))
-    assert len(copies) == n_train and (copies["split"] == "train").all()
-    assert set(out["split"]) == {"train", "val", "test"}  # val carved before copying
-    val_tracks = set(out.loc[out["split"] == "val", "track_id"])
-    assert not val_tracks & set(copies["parent_track_id"])
-    assert copies["track_id"].str.contains("#").all()
-    again = perturbed_manifest(manifest, tmp_path, perturbations=["gain-6dB", "pitch+1"],
-                               copies=1, progress=False)  # reuses the written copies
-    assert pd.read_csv(again, dtype=str, keep_default_na=False).equals(out)
+def _songs(folder, n: int, sr: int = 16_000) -> list:
+    paths = []
+    for i in range(n):
+        path = folder / f"song{i}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, _music(2.0, sr, seed=i), sr)
+        paths.append(path)
+    return paths
 
 
 def test_codec_confound_check_sees_low_bitrate_mp3_and_scores_runs(tiny_run, tmp_path):
     run, _ = tiny_run
-    sr = 16_000
-    paths = []
-    for i in range(16):
-        path = tmp_path / "songs" / f"song{i}.wav"
-        path.parent.mkdir(exist_ok=True)
-        sf.write(path, _music(2.0, sr, seed=i), sr)
-        paths.append(path)
-    result = codec_confound_check(paths, tmp_path / "check", frontend=FRONTEND,
-                                  bitrate_kbps=32, n_splits=4, runs={"tiny": run},
-                                  n_permutations=50, progress=False)
+    result = codec_confound_check(_songs(tmp_path / "songs", 16), tmp_path / "check",
+                                  frontend=FRONTEND, bitrate_kbps=32, n_splits=4,
+                                  runs={"tiny": run}, n_permutations=50, progress=False)
     assert result["n_songs"] == 16
+    assert len(list((tmp_path / "check" / "wav").glob("*.wav"))) == 16
+    assert len(list((tmp_path / "check" / "mp3").glob("*.mp3"))) == 16
     # 32 kbps MP3 band-limits below 8 kHz: the probe must see it, or it could see nothing.
     plain = result["probe"]["plain"]
     assert plain["auc"] > 0.8 and plain["p_value"] < 0.05 and not plain["at_chance"]
@@ -222,14 +145,55 @@ def test_codec_confound_check_sees_low_bitrate_mp3_and_scores_runs(tiny_run, tmp
     clf = result["classifiers"]["tiny"]
     assert clf["codec_control"] is None  # recorded from the run's own front end
     assert 0.0 <= clf["auc_mp3_vs_wav"] <= 1.0
-    assert clf["mean_dp"] == pytest.approx(clf["mean_p_ai_mp3"] - clf["mean_p_ai_wav"])
-    lo, hi = clf["mean_dp_ci"]
-    assert lo <= clf["mean_dp"] <= hi
-    assert clf["at_chance"] == (-0.02 < lo and hi < 0.02)
-    assert clf["shift_detected"] == (clf["p_value"] < 0.05)
     assert 0.0 <= clf["decision_flips"] <= 1.0 and 0.0 <= clf["share_mp3_scored_higher"] <= 1.0
     saved = json.loads((tmp_path / "check" / "codec_confound.json").read_text())
     assert saved["classifiers"]["tiny"]["p_value"] == clf["p_value"]
+
+
+def _fake_scorer(threshold: float, mp3_shift: float, jitter: float):
+    """Score files as a classifier would that sees the song (file stem) and the format: a
+    song's WAV copy scores ``jitter`` above or below (alternating by song) its MP3 copy
+    minus `mp3_shift`, and every song sits 0.14 to 0.2 below the run's threshold."""
+
+    def score(run_dir, paths):
+        p = []
+        for path in map(Path, paths):
+            song = int(path.stem.split("-")[0])
+            base = threshold - 0.2 + 0.01 * (song % 7)
+            p.append(base + (mp3_shift if path.suffix == ".mp3" else jitter * (-1) ** song))
+        return np.array(p)
+
+    return score
+
+
+def test_codec_confound_check_tells_codec_detectors_from_codec_blind_runs(
+        tiny_run, tmp_path, monkeypatch):
+    run, _ = tiny_run
+    threshold = read_json(run / "run.json")["threshold"]
+    songs = _songs(tmp_path / "songs", 12)
+    verdicts = {}
+    for name, shift, jitter in (("blind", 0.0, 0.002), ("erratic", 0.0, 0.1),
+                                ("codec", 0.3, 0.002)):
+        monkeypatch.setattr(robustness, "score_files", _fake_scorer(threshold, shift, jitter))
+        result = codec_confound_check(songs, tmp_path / name, frontend=FRONTEND, n_splits=3,
+                                      runs={name: run}, n_permutations=5, progress=False)
+        verdicts[name] = result["classifiers"][name]
+    blind, erratic, codec = verdicts["blind"], verdicts["erratic"], verdicts["codec"]
+    # codec-blind: the copies differ by +-0.002, well inside the +-0.02 margin
+    assert blind["at_chance"] and not blind["shift_detected"]
+    assert blind["mean_dp"] == pytest.approx(0.0, abs=1e-3)
+    assert blind["decision_flips"] == 0.0 and blind["fpr_wav"] == blind["fpr_mp3"] == 0.0
+    # unbiased but +-0.1 per song: no shift detected, yet too uncertain to call it chance
+    assert not erratic["shift_detected"] and not erratic["at_chance"]
+    lo, hi = erratic["mean_dp_ci"]
+    assert lo < -0.02 and hi > 0.02
+    # every MP3 copy 0.3 higher, across the threshold: flagged on every count
+    assert not codec["at_chance"] and codec["shift_detected"]
+    assert codec["mean_dp"] == pytest.approx(0.3, abs=0.01)
+    assert codec["mean_dp_ci"][0] > 0.2
+    assert codec["auc_mp3_vs_wav"] == 1.0 and codec["share_mp3_scored_higher"] == 1.0
+    assert codec["decision_flips"] == 1.0
+    assert codec["fpr_wav"] == 0.0 and codec["fpr_mp3"] == 1.0
 
 
 def test_paired_sign_flip_p_tells_a_shift_from_noise():
