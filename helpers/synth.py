@@ -20,8 +20,10 @@ How a clip is made
    (convolution with exponentially decaying noise) and a little noise floor.
 2. **Label**: an "AI" clip is the same kind of music, drawn from the same generator with the
    same style distribution and equal counts per style and label, passed through
-   `apply_artifacts`. The artifact chain is the *only* systematic difference between the
-   labels, so a detector has to learn generation artifacts, not style, reverb or loudness.
+   `helpers.artifacts.apply_artifacts` (``SynthConfig.artifacts`` picks its families). That
+   chain is the *only* systematic difference between the labels, so a detector has to learn
+   generation artifacts, not style, reverb or loudness; `helpers.artifacts` says what each
+   family imitates.
 3. **Loudness**: every clip, either label, is normalised to the same RMS (with a peak guard
    and a small level spread drawn identically for both labels, see
    `SynthConfig.level_jitter_db`) and written at the same rate, format and bit depth, so
@@ -44,15 +46,20 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import librosa
 import numpy as np
 import pandas as pd
 import soundfile as sf
 from scipy import signal
 from tqdm import tqdm
 
+from helpers.artifacts import ArtifactConfig, apply_artifacts, normalize_loudness
 from helpers.datasets import MANIFEST_COLUMNS
 from helpers.io import atomic_path, read_json, write_csv, write_json
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # scikit-learn brings threadpoolctl; without it, BLAS runs as it is
+    threadpool_limits = None
 
 # Bump when a code change alters the audio for an unchanged config, so an old corpus folder is
 # not silently mixed with clips from the new generator.
@@ -79,99 +86,6 @@ _MODES: dict[str, tuple[int, ...]] = {
 
 
 @dataclass(frozen=True)
-class ArtifactConfig:
-    """The chain that turns a "human" clip into an "AI" clip.
-
-    Each stage imitates a fingerprint that published detectors of generated music rely on.
-    The imitated generator works at a low rate: the clip is decimated by `upsample_factor`,
-    the mel round trip runs at that rate, the transposed-convolution upsampling brings it back,
-    then the optional codec stage runs. `strength` blends the result with the input.
-
-    Parameters
-    ----------
-    griffin_lim : bool
-        Mel-spectrogram round trip: ``librosa.feature.melspectrogram``, mel inversion, then
-        ``librosa.griffinlim`` for `gl_iters` iterations. Imitates a mel-domain generator whose
-        waveform comes from a vocoder: the phase is re-estimated rather than recorded
-        (incoherent phase, smeared transients) and detail finer than a mel band is lost.
-        SONICS (Rahman et al. 2024) and Afchar et al. (2024) both list the vocoder /
-        decoder stage as the place where detectable traces arise.
-    gl_iters : int
-        Griffin-Lim iterations. Few (16-32) keep the build fast and leave the phasiness of a
-        cheap vocoder; hundreds would approach a clean reconstruction.
-    gl_n_fft, gl_hop_length, gl_n_mels : int
-        STFT size, hop and mel bands of the round trip, in samples / bands.
-    mel_inversion : str
-        ``"fast"`` (default) solves the non-negative least-squares mel inversion with a few
-        multiplicative updates started from the pseudo-inverse (tens of milliseconds);
-        ``"librosa"`` uses ``librosa.feature.inverse.mel_to_stft`` (exact L-BFGS-B, about 3 s
-        per 10 s clip). Both produce the same kind of artifact.
-    upsample_factor : int
-        Transposed-convolution-style upsampling: decimate by this factor, then zero-stuff and
-        smooth with the short fixed FIR `kernel`, as the strided deconvolution layers of a
-        neural decoder do. Afchar, Meseguer-Brocal and Hennequin (2024, "Detecting music
-        deepfakes is easy but actually hard") show such layers leave spectral images and
-        periodic peaks at multiples of the low sample rate, which make detection easy.
-        ``1`` disables the stage.
-    kernel : str
-        The fixed "learned" interpolation kernel: ``"nearest"`` (zero-order hold, kernel equal
-        to the stride: strong images), ``"linear"`` (triangle of length ``2 * factor - 1``) or
-        ``"checkerboard"`` (the triangle with its on-grid tap raised by `checkerboard_gain`:
-        the uneven overlap of Odena et al. 2016, "Deconvolution and checkerboard artifacts",
-        which adds a periodic gain pattern and hence peaks at multiples of the low rate).
-    checkerboard_gain : float
-        Relative excess gain of the on-grid tap for ``kernel="checkerboard"``.
-    codec : bool
-        Neural-codec-like quantisation: band-limit to `codec_cutoff_hz` and round the STFT
-        log-magnitude to steps of `codec_step_db` (keeping the phase), imitating the coarse
-        latent of a neural audio codec (EnCodec/DAC-style tokenisers used by music LMs).
-    codec_cutoff_hz : float
-        Content above this frequency is removed by the codec stage.
-    codec_step_db : float
-        Quantisation step of the codec stage's log-magnitude, in dB.
-    strength : float
-        Wet/dry mix in [0, 1]: ``y + strength * (chain(y) - y)``. Below 1 the dry signal leaks
-        in, which hides part of the artifacts (and, with `griffin_lim`, adds a faint comb
-        filter, as a partial re-synthesis would).
-    """
-
-    griffin_lim: bool = True
-    gl_iters: int = 16
-    gl_n_fft: int = 1024
-    gl_hop_length: int = 256
-    gl_n_mels: int = 128
-    mel_inversion: str = "fast"
-    upsample_factor: int = 2
-    kernel: str = "checkerboard"
-    checkerboard_gain: float = 0.25
-    codec: bool = False
-    codec_cutoff_hz: float = 8_000.0
-    codec_step_db: float = 3.0
-    strength: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.kernel not in ("nearest", "linear", "checkerboard"):
-            raise ValueError(
-                f"kernel must be 'nearest', 'linear' or 'checkerboard', got {self.kernel!r}"
-            )
-        if self.mel_inversion not in ("fast", "librosa"):
-            raise ValueError(
-                f"mel_inversion must be 'fast' or 'librosa', got {self.mel_inversion!r}"
-            )
-        if self.upsample_factor < 1:
-            raise ValueError(f"upsample_factor must be >= 1, got {self.upsample_factor}")
-        if not 0.0 <= self.strength <= 1.0:
-            raise ValueError(f"strength must be in [0, 1], got {self.strength}")
-        if self.gl_iters < 1:
-            raise ValueError(f"gl_iters must be >= 1, got {self.gl_iters}")
-
-    @classmethod
-    def none(cls) -> ArtifactConfig:
-        """A chain with every stage off (an "AI" clip equals its "human" rendering)."""
-        return cls(griffin_lim=False, upsample_factor=1, codec=False)
-
-
-@dataclass(frozen=True)
 class SynthConfig:
     """What corpus `make_corpus` builds.
 
@@ -189,7 +103,7 @@ class SynthConfig:
     format : str
         ``"wav"`` or ``"flac"`` (16-bit PCM) or ``"mp3"``; the same for both labels.
     artifacts : ArtifactConfig
-        The chain applied to the "ai" clips.
+        The chain applied to the "ai" clips (`helpers.artifacts`).
     splits : tuple of float
         Train / val / test fractions, assigned within every (style, label) group.
     styles : tuple of str
@@ -657,6 +571,208 @@ def _place(buf: np.ndarray, note: np.ndarray, start: int, gain: float) -> None:
     buf[start:end] += gain * note[: end - start]
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """What is composed before the first note is played: key, tempo grid and harmony."""
+
+    style: str
+    st: _Style
+    art: _Artist
+    sr: int
+    tonic: int  # pitch class of the key, 0 = C
+    mode: tuple[int, ...]
+    bright: float  # the style's brightness plus the artist's
+    sixteenth: float  # seconds per 16th note
+    steps_per_bar: int  # 16ths per bar
+    n_bars: int
+    slot_steps: int  # 16ths per chord
+    chords: list[list[int]]  # one chord per slot, semitones above the tonic
+    n_out: int  # samples in the clip
+    n_buf: int  # samples rendered, with room for release tails past the end
+
+
+def _compose(style: str, config: SynthConfig, art: _Artist, rng: np.random.Generator) -> _Piece:
+    """Draw the key, mode, tempo (near the artist's preferred part of the range), progression."""
+    st = _STYLE_TABLE[style]
+    sr = config.sample_rate
+    tonic = int(rng.integers(12))
+    mode = _MODES[st.modes[int(rng.integers(len(st.modes)))]]
+    lo, hi = st.tempo
+    tempo = float(np.clip(lo + (hi - lo) * (art.tempo_pos + rng.normal(0, 0.15)), lo, hi))
+    prog = st.progressions[int(rng.integers(len(st.progressions)))]
+    sixteenth = 60.0 / tempo / 4.0
+    steps_per_bar = 4 * st.beats_per_bar
+    n_bars = int(math.ceil(config.duration / (steps_per_bar * sixteenth))) + 1
+    slots = n_bars * st.chords_per_bar
+    n_out = int(round(config.duration * sr))
+    return _Piece(
+        style=style,
+        st=st,
+        art=art,
+        sr=sr,
+        tonic=tonic,
+        mode=mode,
+        bright=st.brightness + art.brightness,
+        sixteenth=sixteenth,
+        steps_per_bar=steps_per_bar,
+        n_bars=n_bars,
+        slot_steps=steps_per_bar // st.chords_per_bar,
+        chords=[_chord(prog[i % len(prog)], mode, sevenths=style == "lofi") for i in range(slots)],
+        n_out=n_out,
+        n_buf=n_out + 2 * sr,
+    )
+
+
+class _Player:
+    """Plays notes of a piece with human timing and dynamics.
+
+    Every part draws from the clip's single random stream, in a fixed order, so the clip is
+    reproducible from its seed; the parts must therefore be played in the same order.
+    """
+
+    def __init__(self, piece: _Piece, rng: np.random.Generator) -> None:
+        self.piece = piece
+        self.rng = rng
+
+    def onset(self, step: int, jitter: float = 0.012) -> int:
+        """Sample index of a 16th-note step, swung and humanised."""
+        # Swing delays the off-beat 8th by `swing` 16ths and odd 16ths by half that.
+        late = 1.0 if step % 4 == 2 else 0.5 if step % 2 else 0.0
+        sec = (step + self.piece.st.swing * late) * self.piece.sixteenth
+        return int(round((sec + self.rng.normal(0.0, jitter)) * self.piece.sr))
+
+    def velocity(self) -> float:
+        return float(np.exp(self.rng.normal(0.0, 0.12)))
+
+    def note(self, inst: str, midi: float, dur: float, bright: float) -> np.ndarray:
+        """One note of `inst` at MIDI pitch `midi`, `dur` seconds long (plus its tail)."""
+        p = self.piece
+        return _render_note(inst, _midi_hz(midi), dur, p.sr, bright, p.art, self.rng)
+
+
+def _chord_hits(
+    p: _Piece, s0: int, chord: list[int], rng: np.random.Generator
+) -> list[tuple[int, float, list[int]]]:
+    """(step, length in 16ths, notes) of each hit of the chord slot starting at step `s0`."""
+    rhythm, n = p.st.chord_rhythm, p.slot_steps
+    if rhythm == "pad":
+        return [(s0, n, chord)]
+    if rhythm == "stabs":
+        pos = sorted(rng.choice(np.arange(1, n, 2), size=max(2, n // 5), replace=False))
+        return [(s0 + int(q), 1.5, chord) for q in pos]
+    if rhythm == "strum":
+        return [(s0 + b, 4 if p.style == "folk" else 2, chord) for b in range(0, n, 4)]
+    order = chord + chord[-2:0:-1]  # arpeggio: one chord tone per 16th, up and down
+    return [(s0 + k, 1, [order[k % len(order)]]) for k in range(n)]
+
+
+def _play_chords(p: _Piece, player: _Player, buf: np.ndarray) -> None:
+    chord_base = 12 * 4 + p.tonic  # around middle C
+    for i, ch in enumerate(p.chords):
+        for step, length, notes in _chord_hits(p, i * p.slot_steps, ch, player.rng):
+            v = player.velocity()
+            for j, semis in enumerate(notes):
+                # Strums roll across the strings; other hits land together (then humanised).
+                strum = j * 0.012 if p.st.chord_rhythm == "strum" else 0.0
+                note = player.note(p.st.chords, chord_base + semis, length * p.sixteenth, p.bright)
+                _place(buf, note, player.onset(step) + int(strum * p.sr), v / len(notes))
+
+
+def _play_bass(p: _Piece, player: _Player, buf: np.ndarray) -> None:
+    """Chord roots, sometimes the fifth, two octaves down."""
+    steps = p.st.bass_steps
+    for bar in range(p.n_bars):
+        for k, q in enumerate(steps):
+            step = bar * p.steps_per_bar + q
+            ch = p.chords[step // p.slot_steps]
+            semis = ch[0] + (7 if player.rng.random() < 0.2 else 0)
+            nxt = steps[k + 1] if k + 1 < len(steps) else p.steps_per_bar
+            dur = 0.9 * (nxt - q) * p.sixteenth
+            note = player.note(p.st.bass, 12 * 2 + p.tonic + semis, dur, p.bright * 0.6)
+            _place(buf, note, player.onset(step), player.velocity())
+
+
+def _motif(p: _Piece, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """A two-bar melody as (16th step, scale degree) pairs: a walk over the scale."""
+    motif = []
+    degree = int(rng.choice([0, 2, 4]))
+    for step in range(0, 2 * p.steps_per_bar, p.st.lead_step):
+        if rng.random() < p.st.lead_density or step == 0:
+            degree = int(np.clip(degree + rng.choice([-2, -1, -1, 0, 1, 1, 2, 3]), -3, 9))
+            motif.append((step, degree))
+    return motif
+
+
+def _play_melody(p: _Piece, player: _Player, buf: np.ndarray) -> None:
+    """The motif, repeated with mutations, strong beats snapped to chord tones."""
+    rng, span = player.rng, 2 * p.steps_per_bar
+    motif = _motif(p, rng)
+    lead_base = int(np.clip(12 * (p.st.lead_octave + p.art.octave) + p.tonic, 48, 84))
+    for rep in range(int(math.ceil(p.n_bars / 2))):
+        for k, (step, deg) in enumerate(motif):
+            abs_step = rep * span + step
+            if rep and rng.random() < 0.3:  # vary the repeat
+                deg = int(np.clip(deg + rng.choice([-1, 1, 2]), -3, 9))
+            slot = abs_step // p.slot_steps
+            if slot >= len(p.chords):
+                break
+            if abs_step % 4 == 0:  # snap strong beats to the nearest chord tone
+                tones = [(c % 12) for c in p.chords[slot]]
+                while p.mode[deg % 7] not in tones:
+                    deg += 1
+            nxt = motif[k + 1][0] if k + 1 < len(motif) else span
+            semis = p.mode[deg % 7] + 12 * (deg // 7)
+            dur = 0.9 * (nxt - step) * p.sixteenth
+            note = player.note(p.st.lead, lead_base + semis, dur, p.bright)
+            _place(buf, note, player.onset(abs_step), player.velocity())
+
+
+def _play_drums(p: _Piece, player: _Player, buf: np.ndarray) -> None:
+    kit = _drum_kit(p.sr, player.rng, p.bright)
+    for bar in range(p.n_bars):
+        for voice, steps in p.st.drums.items():
+            for q in steps:
+                if voice.endswith("hat") and player.rng.random() < 0.1:
+                    continue  # a drummer skips the odd hat
+                start = player.onset(bar * p.steps_per_bar + q, 0.006)
+                _place(buf, kit[voice], start, player.velocity() * (0.7 if q % 4 else 1.0))
+
+
+def _mix(p: _Piece, stems: dict[str, np.ndarray]) -> np.ndarray:
+    """Sum the stems at the style's gains (each stem at unit RMS first), then the artist's tone."""
+    mix = sum(
+        g * stems[k] / (np.sqrt(np.mean(stems[k] ** 2)) + 1e-9) * 0.1
+        for g, k in zip(p.st.gains, ("lead", "chords", "bass", "drums"))
+        if g > 0
+    )
+    # The artist's tone: a gentle master low-pass.
+    sos = signal.butter(1, min(p.art.tone_hz, 0.45 * p.sr), fs=p.sr, output="sos")
+    return signal.sosfilt(sos, mix)
+
+
+def _record(p: _Piece, mix: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Play the mix in a small room, crop to the clip, add a noise floor and short fades."""
+    sr = p.sr
+    # Room: convolution with exponentially decaying noise (RT60 from style and artist).
+    rt60 = 0.3 + 1.5 * p.st.reverb * p.art.room
+    t_ir = np.arange(int(rt60 * sr)) / sr
+    ir = rng.standard_normal(len(t_ir)) * np.exp(-6.9 * t_ir / rt60)
+    ir = signal.sosfilt(signal.butter(1, 6000, fs=sr, output="sos"), ir)  # air absorbs highs
+    wet = signal.fftconvolve(mix, ir)[: p.n_buf]
+    wet *= np.sqrt(np.mean(mix**2) / (np.mean(wet**2) + 1e-12))
+    level = min(0.9, p.st.reverb * p.art.room)
+    y = (1 - 0.5 * level) * mix + level * wet
+
+    n_out = p.n_out
+    y = y[:n_out]
+    # Light noise floor, about 60 dB below the music, as from a real recording chain.
+    y = y + rng.standard_normal(n_out) * 1e-3 * np.sqrt(np.mean(y**2))
+    fade = min(n_out // 4, int(0.02 * sr))
+    y[:fade] *= np.linspace(0.0, 1.0, fade)
+    y[n_out - fade :] *= np.linspace(1.0, 0.0, fade)
+    return y.astype(np.float32)
+
+
 def render_clip(
     style: str, seed: int, config: SynthConfig | None = None, artist: str | None = None
 ) -> np.ndarray:
@@ -678,7 +794,7 @@ def render_clip(
     Returns
     -------
     np.ndarray, shape (round(duration * sample_rate),), float32
-        Mono audio, not yet loudness-normalised (see `normalize_loudness`).
+        Mono audio, not yet loudness-normalised (see `helpers.artifacts.normalize_loudness`).
 
     Examples
     --------
@@ -689,299 +805,18 @@ def render_clip(
     config = config or SynthConfig()
     if style not in _STYLE_TABLE:
         raise ValueError(f"unknown style {style!r}; choose from {list(STYLES)}")
-    st = _STYLE_TABLE[style]
-    sr = config.sample_rate
     art = _artist(artist or f"synth-{style}-0", config.seed)
     rng = np.random.default_rng(seed)
-
-    # The piece: key, mode, tempo (near the artist's preferred part of the range), progression.
-    tonic = int(rng.integers(12))
-    mode = _MODES[st.modes[int(rng.integers(len(st.modes)))]]
-    lo, hi = st.tempo
-    tempo = float(np.clip(lo + (hi - lo) * (art.tempo_pos + rng.normal(0, 0.15)), lo, hi))
-    prog = st.progressions[int(rng.integers(len(st.progressions)))]
-    bright = st.brightness + art.brightness
-    sixteenth = 60.0 / tempo / 4.0
-    steps_per_bar = 4 * st.beats_per_bar
-    n_bars = int(math.ceil(config.duration / (steps_per_bar * sixteenth))) + 1
-    n_out = int(round(config.duration * sr))
-    n_buf = n_out + 2 * sr  # room for release tails past the end
-
-    def onset(step: int, jitter: float = 0.012) -> int:
-        """Sample index of a 16th-note step, swung and humanised."""
-        # Swing delays the off-beat 8th by `swing` 16ths and odd 16ths by half that.
-        late = 1.0 if step % 4 == 2 else 0.5 if step % 2 else 0.0
-        sec = (step + st.swing * late) * sixteenth
-        return int(round((sec + rng.normal(0.0, jitter)) * sr))
-
-    def velocity() -> float:
-        return float(np.exp(rng.normal(0.0, 0.12)))
-
-    slots = n_bars * st.chords_per_bar
-    slot_steps = steps_per_bar // st.chords_per_bar
-    chords = [_chord(prog[i % len(prog)], mode, sevenths=style == "lofi") for i in range(slots)]
-
-    stems = {k: np.zeros(n_buf) for k in ("lead", "chords", "bass", "drums")}
-
-    # Chords.
-    chord_base = 12 * 4 + tonic  # around middle C
-    for i, ch in enumerate(chords):
-        s0 = i * slot_steps
-        if st.chord_rhythm == "pad":
-            hits = [(s0, slot_steps, ch)]
-        elif st.chord_rhythm == "stabs":
-            pos = sorted(
-                rng.choice(
-                    np.arange(1, slot_steps, 2), size=max(2, slot_steps // 5), replace=False
-                )
-            )
-            hits = [(s0 + int(p), 1.5, ch) for p in pos]
-        elif st.chord_rhythm == "strum":
-            hits = [(s0 + b, 4 if style == "folk" else 2, ch) for b in range(0, slot_steps, 4)]
-        else:  # arpeggio: one chord tone per 16th, up and down
-            order = ch + ch[-2:0:-1]
-            hits = [(s0 + k, 1, [order[k % len(order)]]) for k in range(slot_steps)]
-        for step, length, notes in hits:
-            v = velocity()
-            for j, semis in enumerate(notes):
-                # Strums roll across the strings; other hits land together (then humanised).
-                strum = j * 0.012 if st.chord_rhythm == "strum" else 0.0
-                note = _render_note(
-                    st.chords,
-                    _midi_hz(chord_base + semis),
-                    length * sixteenth,
-                    sr,
-                    bright,
-                    art,
-                    rng,
-                )
-                _place(stems["chords"], note, onset(step) + int(strum * sr), v / len(notes))
-
-    # Bass: chord roots, sometimes the fifth, two octaves down.
-    for bar in range(n_bars):
-        for k, p in enumerate(st.bass_steps):
-            step = bar * steps_per_bar + p
-            ch = chords[step // slot_steps]
-            semis = ch[0] + (7 if rng.random() < 0.2 else 0)
-            nxt = st.bass_steps[k + 1] if k + 1 < len(st.bass_steps) else steps_per_bar
-            note = _render_note(
-                st.bass,
-                _midi_hz(12 * 2 + tonic + semis),
-                0.9 * (nxt - p) * sixteenth,
-                sr,
-                bright * 0.6,
-                art,
-                rng,
-            )
-            _place(stems["bass"], note, onset(step), velocity())
-
-    # Melody: a two-bar motif over the scale, repeated with mutations, chord tones on beats.
-    grid = list(range(0, 2 * steps_per_bar, st.lead_step))
-    motif: list[tuple[int, int]] = []  # (step, scale degree)
-    degree = int(rng.choice([0, 2, 4]))
-    for step in grid:
-        if rng.random() < st.lead_density or step == 0:
-            degree = int(np.clip(degree + rng.choice([-2, -1, -1, 0, 1, 1, 2, 3]), -3, 9))
-            motif.append((step, degree))
-    lead_base = 12 * (st.lead_octave + art.octave) + tonic
-    lead_base = int(np.clip(lead_base, 48, 84))
-    for rep in range(int(math.ceil(n_bars / 2))):
-        for k, (step, deg) in enumerate(motif):
-            abs_step = rep * 2 * steps_per_bar + step
-            if rep and rng.random() < 0.3:  # vary the repeat
-                deg = int(np.clip(deg + rng.choice([-1, 1, 2]), -3, 9))
-            slot = abs_step // slot_steps
-            if slot >= len(chords):
-                break
-            if abs_step % 4 == 0:  # snap strong beats to the nearest chord tone
-                tones = [(c % 12) for c in chords[slot]]
-                while mode[deg % 7] not in tones:
-                    deg += 1
-            nxt = motif[k + 1][0] if k + 1 < len(motif) else 2 * steps_per_bar
-            semis = mode[deg % 7] + 12 * (deg // 7)
-            note = _render_note(
-                st.lead,
-                _midi_hz(lead_base + semis),
-                0.9 * (nxt - step) * sixteenth,
-                sr,
-                bright,
-                art,
-                rng,
-            )
-            _place(stems["lead"], note, onset(abs_step), velocity())
-
-    # Drums.
-    if st.drums:
-        kit = _drum_kit(sr, rng, bright)
-        for bar in range(n_bars):
-            for voice, steps in st.drums.items():
-                for p in steps:
-                    if voice.endswith("hat") and rng.random() < 0.1:
-                        continue  # a drummer skips the odd hat
-                    _place(
-                        stems["drums"],
-                        kit[voice],
-                        onset(bar * steps_per_bar + p, 0.006),
-                        velocity() * (0.7 if p % 4 else 1.0),
-                    )
-
-    mix = sum(
-        g * stems[k] / (np.sqrt(np.mean(stems[k] ** 2)) + 1e-9) * 0.1
-        for g, k in zip(st.gains, ("lead", "chords", "bass", "drums"))
-        if g > 0
-    )
-
-    # The artist's tone: a gentle master low-pass.
-    sos = signal.butter(1, min(art.tone_hz, 0.45 * sr), fs=sr, output="sos")
-    mix = signal.sosfilt(sos, mix)
-
-    # Room: convolution with exponentially decaying noise (RT60 from style and artist).
-    rt60 = 0.3 + 1.5 * st.reverb * art.room
-    t_ir = np.arange(int(rt60 * sr)) / sr
-    ir = rng.standard_normal(len(t_ir)) * np.exp(-6.9 * t_ir / rt60)
-    ir = signal.sosfilt(signal.butter(1, 6000, fs=sr, output="sos"), ir)  # air absorbs highs
-    wet = signal.fftconvolve(mix, ir)[:n_buf]
-    wet *= np.sqrt(np.mean(mix**2) / (np.mean(wet**2) + 1e-12))
-    level = min(0.9, st.reverb * art.room)
-    y = (1 - 0.5 * level) * mix + level * wet
-
-    y = y[:n_out]
-    # Light noise floor, about 60 dB below the music, as from a real recording chain.
-    y = y + rng.standard_normal(n_out) * 1e-3 * np.sqrt(np.mean(y**2))
-    fade = min(n_out // 4, int(0.02 * sr))
-    y[:fade] *= np.linspace(0.0, 1.0, fade)
-    y[n_out - fade :] *= np.linspace(1.0, 0.0, fade)
-    return y.astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# The "AI" artifact chain
-# --------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=8)
-def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)
-
-
-def _mel_round_trip(y: np.ndarray, sr: int, cfg: ArtifactConfig, seed: int) -> np.ndarray:
-    m = librosa.feature.melspectrogram(
-        y=y, sr=sr, n_fft=cfg.gl_n_fft, hop_length=cfg.gl_hop_length, n_mels=cfg.gl_n_mels
-    )
-    if cfg.mel_inversion == "librosa":
-        mag = librosa.feature.inverse.mel_to_stft(m, sr=sr, n_fft=cfg.gl_n_fft)
-    else:
-        # The non-negative least-squares problem mel_to_stft solves, by a few multiplicative
-        # updates (Lee and Seung 2001) started from the filterbank transpose: ~50x faster, and
-        # the same artifact, detail within a mel band is lost.
-        fb = _mel_basis(sr, cfg.gl_n_fft, cfg.gl_n_mels)
-        power = fb.T @ m / (fb.sum(axis=0)[:, None] ** 2 + 1e-10)  # (n_fft // 2 + 1, frames)
-        numer = fb.T @ m
-        for _ in range(6):
-            power *= numer / (fb.T @ (fb @ power) + 1e-10)
-        mag = np.sqrt(power)
-    out = librosa.griffinlim(
-        mag,
-        n_iter=cfg.gl_iters,
-        hop_length=cfg.gl_hop_length,
-        n_fft=cfg.gl_n_fft,
-        length=len(y),
-        random_state=seed,
-    )
-    return out.astype(np.float64)
-
-
-def _upsample_kernel(factor: int, kind: str, gain: float) -> np.ndarray:
-    if kind == "nearest":
-        return np.ones(factor)
-    tri = 1.0 - np.abs(np.arange(-(factor - 1), factor)) / factor  # length 2 * factor - 1
-    if kind == "checkerboard":
-        tri[factor - 1] *= 1.0 + gain  # uneven overlap: one output phase gets more weight
-    return tri
-
-
-def _deconv_upsample(
-    low: np.ndarray, factor: int, kind: str, gain: float, n_out: int
-) -> np.ndarray:
-    """Zero-stuff `low` by `factor` and smooth with a short kernel: a strided transposed conv."""
-    stuffed = np.zeros(len(low) * factor)
-    stuffed[::factor] = low
-    kern = _upsample_kernel(factor, kind, gain)
-    # The triangle kernels are centred on tap factor - 1; the hold kernel starts at its sample.
-    out = np.convolve(stuffed, kern)[0 if kind == "nearest" else factor - 1 :]
-    return out[:n_out] if len(out) >= n_out else np.pad(out, (0, n_out - len(out)))
-
-
-def _codec(y: np.ndarray, sr: int, cutoff: float, step_db: float) -> np.ndarray:
-    n_fft, hop = 1024, 256
-    spec = librosa.stft(y, n_fft=n_fft, hop_length=hop)
-    freqs = librosa.fft_frequencies(sr=sr, n_fft=n_fft)
-    mag, phase = np.abs(spec), np.angle(spec)
-    db = 20 * np.log10(np.maximum(mag, 1e-8))
-    db = np.round(db / step_db) * step_db
-    mag = np.where(freqs[:, None] <= cutoff, 10 ** (db / 20), 0.0)
-    mag[mag < 1.1e-8] = 0.0
-    return librosa.istft(mag * np.exp(1j * phase), hop_length=hop, length=len(y))
-
-
-def apply_artifacts(
-    y: np.ndarray,
-    sr: int,
-    artifact_config: ArtifactConfig | None = None,
-    rng: np.random.Generator | None = None,
-) -> np.ndarray:
-    """Pass a clip through the "AI" artifact chain (see `ArtifactConfig` for each stage).
-
-    Parameters
-    ----------
-    y : np.ndarray, shape (samples,)
-        Mono audio.
-    sr : int
-        Its sample rate in Hz.
-    artifact_config : ArtifactConfig, optional
-        Which stages to run; defaults to ``ArtifactConfig()`` (Griffin-Lim round trip, then
-        2x checkerboard upsampling).
-    rng : np.random.Generator, optional
-        Seeds Griffin-Lim's random initial phase; pass one derived from the clip for
-        reproducible output. ``None`` uses a fixed seed.
-
-    Returns
-    -------
-    np.ndarray, shape (samples,), float32
-        Same length as `y`; not loudness-normalised.
-    """
-    cfg = artifact_config or ArtifactConfig()
-    rng = rng if rng is not None else np.random.default_rng(0)
-    x = np.asarray(y, dtype=np.float64)
-    factor = cfg.upsample_factor
-    # The imitated generator works at a low rate and its decoder's last layers upsample, so
-    # the vocoder stage runs on the decimated signal (which also halves its cost).
-    out = signal.resample_poly(x, 1, factor) if factor > 1 else x.copy()
-    if cfg.griffin_lim:
-        out = _mel_round_trip(out, sr // factor, cfg, int(rng.integers(2**31)))
-    if factor > 1:
-        out = _deconv_upsample(out, factor, cfg.kernel, cfg.checkerboard_gain, len(x))
-    if cfg.codec:
-        out = _codec(out, sr, cfg.codec_cutoff_hz, cfg.codec_step_db)
-    out = x + cfg.strength * (out - x)
-    return out.astype(np.float32)
-
-
-def normalize_loudness(
-    y: np.ndarray, target_rms_dbfs: float = -20.0, peak_dbfs: float = -0.5
-) -> np.ndarray:
-    """Scale to a target RMS, then down if needed so no sample exceeds `peak_dbfs`.
-
-    Every clip of both labels goes through this, so overall level cannot reveal the label.
-    """
-    y = np.asarray(y, dtype=np.float64)
-    rms = np.sqrt(np.mean(y**2))
-    if rms < 1e-12:
-        return y.astype(np.float32)
-    gain = 10 ** (target_rms_dbfs / 20) / rms
-    peak = np.max(np.abs(y)) * gain
-    gain *= min(1.0, 10 ** (peak_dbfs / 20) / peak)
-    return (y * gain).astype(np.float32)
+    piece = _compose(style, config, art, rng)
+    player = _Player(piece, rng)
+    stems = {k: np.zeros(piece.n_buf) for k in ("lead", "chords", "bass", "drums")}
+    # The order matters: every part draws from `rng` (see _Player).
+    _play_chords(piece, player, stems["chords"])
+    _play_bass(piece, player, stems["bass"])
+    _play_melody(piece, player, stems["lead"])
+    if piece.st.drums:
+        _play_drums(piece, player, stems["drums"])
+    return _record(piece, _mix(piece, stems), rng)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1053,9 +888,7 @@ def _one_blas_thread() -> contextlib.AbstractContextManager:
     processes or other jobs, only fight over the cores: measured, the tiny test corpus builds
     2.9x faster in wall time on a busy 2-core machine with one BLAS thread.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # scikit-learn brings threadpoolctl; without it, run as is
+    if threadpool_limits is None:
         return contextlib.nullcontext()
     return threadpool_limits(1)
 
