@@ -82,13 +82,18 @@ def read_audio(
     if path.is_dir():
         raise AudioError(path, "is a folder, not an audio file")
     try:
-        size = path.stat().st_size
+        # Open it ourselves first: the OS says why a file cannot be read (permissions, an I/O
+        # error on a network drive) where libsndfile says only "System error", and unlike
+        # os.access this holds for root and on FUSE mounts such as Google Drive too.
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+    except PermissionError as err:
+        raise AudioError(path, "permission denied", "check file permissions") from err
     except OSError as err:
-        raise AudioError(path, f"cannot read ({err.strerror})", "check file permissions") from err
+        raise AudioError(path, f"cannot read ({err.strerror})",
+                         "check the file and the drive it is on") from err
     if size == 0:
         raise AudioError(path, "empty file (0 bytes)", "re-download or remove it")
-    if not os.access(path, os.R_OK):  # libsndfile would report it as a decoding error
-        raise AudioError(path, "permission denied", "check file permissions")
     try:
         # soundfile encodes a str name strictly as UTF-8, so a name that is not valid UTF-8
         # (bytes that os.fsdecode turned into surrogates) must go in as the raw bytes.
@@ -97,8 +102,6 @@ def read_audio(
             sr = f.samplerate
             frames = -1 if max_seconds is None else int(np.ceil(max_seconds * sr))
             data = f.read(frames=frames, dtype="float32", always_2d=True)
-    except PermissionError as err:
-        raise AudioError(path, "permission denied", "check file permissions") from err
     except (sf.LibsndfileError, RuntimeError, EOFError, OSError) as err:
         # libsndfile's own text, without its repeat of the name; its "does not exist" means
         # here (the file exists) that no known format was found in the data

@@ -6,21 +6,34 @@ Layout of a cache folder::
     shards/shard_00000.npy     float16 array (clips, n_mels, frames)
     shards/shard_00000.csv     one row per clip of the chunk: path, row in the .npy, error
     failures.csv               files that could not be read, with the reason (rebuilt each run)
+    .lock                      held by the `preprocess` writing to the folder (empty file)
 
 A chunk of clips is one unit of work: a worker computes it and writes its ``.csv`` and then its
-``.npy`` atomically (temporary file + rename). A shard counts as done only once its ``.npy``
-exists, so a job killed at any moment restarts with only the unfinished chunks. float16 keeps
-0.06 dB resolution at -80 dB, far below what the model can use, at half the size of float32.
+``.npy`` atomically (`helpers.io`). A shard counts as done only once its ``.npy`` exists, so a
+job killed at any moment restarts with only the unfinished chunks. float16 keeps 0.06 dB
+resolution at -80 dB, far below what the model can use, at half the size of float32.
+
+Files that could not be read are tried again by the next `preprocess` (a download finished, a
+file was fixed); a file that fails again is recorded again, and the older record is dropped.
+
+Two `preprocess` runs on one folder (two notebooks, a CLI run beside a training run) take turns:
+each holds an exclusive POSIX lock on ``.lock`` (``fcntl.lockf``) from reading the finished
+shards to writing ``failures.csv``, so shard numbers are never chosen twice and a clip is
+computed once. The lock is released by the kernel when its process dies, so a killed run never
+blocks the next one. On Windows (no ``fcntl``), and on file systems that refuse locks, there is
+no lock: run one `preprocess` per cache folder at a time there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -34,6 +47,11 @@ from helpers.audio import AudioError, load_clip, mel_db
 from helpers.config import FrontEndConfig
 from helpers.io import read_json, write_csv, write_json, write_npy
 
+try:
+    import fcntl
+except ImportError:  # Windows: no POSIX locks (see the module docstring)
+    fcntl = None
+
 log = logging.getLogger(__name__)
 
 _SHARD_COLUMNS = ["path", "row", "error"]
@@ -41,6 +59,34 @@ _SHARD_COLUMNS = ["path", "row", "error"]
 
 class CacheError(RuntimeError):
     """A cache folder that cannot be used as asked; the message says why and what to do."""
+
+
+@contextlib.contextmanager
+def _write_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold the folder's exclusive write lock, waiting for another process that holds it.
+
+    ``lockf`` (a POSIX record lock) rather than ``flock``: forked pool workers do not inherit
+    it, so a worker orphaned by a killed parent cannot keep the folder locked.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(cache_dir / ".lock", "ab") as handle:  # "a": create, never truncate
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                log.warning("%s: this file system refuses file locks (%s); run one preprocess "
+                            "per cache folder at a time", cache_dir, err.strerror)
+                yield
+                return
+            log.info("%s: another preprocess is writing to this cache; waiting for it",
+                     cache_dir)
+            fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def _check_config(cache_dir: Path, config: FrontEndConfig) -> None:
@@ -56,15 +102,27 @@ def _check_config(cache_dir: Path, config: FrontEndConfig) -> None:
         write_json(saved, config.to_dict())
 
 
+def _shard_number(path: Path) -> int:
+    return int(path.stem.split("_")[1])
+
+
 def _read_shard_tables(cache_dir: Path) -> pd.DataFrame:
-    """All finished shards' rows, with the shard name; unfinished shards are ignored."""
+    """All finished shards' rows, oldest shard first, with the shard name.
+
+    Unfinished shards (no ``.npy`` yet) are ignored.
+    """
     tables = []
-    for npy in sorted((cache_dir / "shards").glob("shard_*.npy")):
+    for npy in sorted((cache_dir / "shards").glob("shard_*.npy"), key=_shard_number):
         table_path = npy.with_suffix(".csv")
         try:
             table = pd.read_csv(table_path, dtype={"path": str, "error": str},
                                 keep_default_na=False)
-        except (FileNotFoundError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        except FileNotFoundError as err:
+            if not npy.exists():  # removed by a preprocess since the listing (see _prune)
+                continue
+            raise CacheError(f"{table_path}: missing shard table; delete {npy} and re-run "
+                             "preprocess") from err
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
             raise CacheError(f"{table_path}: damaged shard table ({err}); delete {npy} "
                              "and re-run preprocess") from err
         table["shard"] = npy.stem
@@ -74,8 +132,20 @@ def _read_shard_tables(cache_dir: Path) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
+def _failures(table: pd.DataFrame) -> pd.DataFrame:
+    """The latest failure of each file that is not cached: columns path, error."""
+    ok = set(table.loc[table["row"] >= 0, "path"])
+    failed = table[(table["row"] < 0) & ~table["path"].isin(ok)]
+    return failed.drop_duplicates("path", keep="last")[["path", "error"]]
+
+
 def _process_chunk(paths: Sequence[str], config: FrontEndConfig, shard: str) -> list[str]:
-    """Compute one chunk and write its shard; returns the error messages of failed files."""
+    """Compute one chunk and write its shard; returns the error messages of failed files.
+
+    Only `AudioError` (a file that cannot be read or is not usable audio; `load_clip` wraps
+    the decoder's own errors into it) marks a file as failed. Anything else is a bug or a
+    broken environment, and raises: recording it per file would hide it in failures.csv.
+    """
     mels, rows, errors = [], [], []
     for path in paths:
         try:
@@ -84,10 +154,6 @@ def _process_chunk(paths: Sequence[str], config: FrontEndConfig, shard: str) -> 
         except AudioError as err:
             rows.append({"path": path, "row": -1, "error": str(err)})
             errors.append(str(err))
-        except Exception as err:  # noqa: BLE001 - one odd file must not stop a night's batch
-            message = f"{path}: unexpected {type(err).__name__}: {err}"
-            rows.append({"path": path, "row": -1, "error": message})
-            errors.append(message)
     shape = (len(mels), config.n_mels, config.n_frames)
     data = np.stack(mels) if mels else np.zeros(shape, dtype=np.float16)
     base = Path(shard)
@@ -102,6 +168,73 @@ def _one_thread() -> None:
     threadpoolctl.threadpool_limits(1)
 
 
+def _plan(cache_dir: Path, wanted: list[str], chunk_size: int,
+          retry_failed: bool) -> tuple[list[str], int, list[tuple[list[str], str]]]:
+    """Files to compute, how many of them failed before, and (chunk, shard base path) pairs.
+
+    Shard numbers continue after the highest finished shard; the caller holds the lock, so
+    no other process picks the same numbers.
+    """
+    done = _read_shard_tables(cache_dir)
+    cached = set(done.loc[done["row"] >= 0, "path"])
+    failed_before = set(done["path"]) - cached
+    skip = cached if retry_failed else cached | failed_before
+    todo = [p for p in wanted if p not in skip]
+    shards_dir = cache_dir / "shards"
+    start = 1 + max(map(_shard_number, shards_dir.glob("shard_*.npy")), default=-1)
+    chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    named = [(chunk, str(shards_dir / f"shard_{start + i:05d}")) for i, chunk in
+             enumerate(chunks)]
+    return todo, len(failed_before.intersection(todo)), named
+
+
+def _compute(jobs: list[tuple[list[str], str]], config: FrontEndConfig, n_jobs: int,
+             bar: tqdm) -> None:
+    """Run every (chunk, shard) job, serially or in worker processes."""
+    n_failed = 0
+    if n_jobs == 1:
+        for chunk, shard in jobs:
+            n_failed += len(_process_chunk(chunk, config, shard))
+            bar.update(len(chunk))
+            bar.set_postfix(failed=n_failed)
+        return
+    # fork is fast and safe here (workers use numpy/librosa, not torch threads); other
+    # platforms get their default start method.
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+    # librosa loads its submodules lazily (seconds); do it once here so forked workers
+    # inherit it instead of each paying for it.
+    mel_db(np.full(config.sample_rate, 0.1, dtype=np.float32), config)
+    with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_one_thread) as pool:
+        futures = {pool.submit(_process_chunk, c, config, s): c for c, s in jobs}
+        try:
+            for future in as_completed(futures):
+                n_failed += len(future.result())
+                bar.update(len(futures[future]))
+                bar.set_postfix(failed=n_failed)
+        except BaseException:
+            # a bug raised in a worker (or Ctrl-C): stop now rather than finish the queue
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _prune(cache_dir: Path, table: pd.DataFrame) -> None:
+    """Drop failure rows that a later shard superseded (the file was tried again).
+
+    Runs after the new shards are committed, so a kill in between leaves a duplicate record,
+    which readers resolve (the latest row wins), never a lost one. A shard left with no rows
+    (it held only failures) is removed, ``.npy`` first: without it the table is ignored.
+    """
+    stale = (table["row"] < 0) & table["path"].duplicated(keep="last")
+    for shard in table.loc[stale, "shard"].unique():
+        keep = table[(table["shard"] == shard) & ~stale]
+        base = cache_dir / "shards" / shard
+        if keep.empty:
+            base.with_suffix(".npy").unlink()
+            base.with_suffix(".csv").unlink(missing_ok=True)
+        else:
+            write_csv(base.with_suffix(".csv"), keep[_SHARD_COLUMNS])
+
+
 def preprocess(
     manifest: pd.DataFrame,
     cache_dir: str | os.PathLike,
@@ -109,6 +242,7 @@ def preprocess(
     n_jobs: int | None = None,
     chunk_size: int = 32,
     progress: bool = True,
+    retry_failed: bool = True,
 ) -> dict:
     """Compute and store the mel spectrogram of every manifest file not yet in the cache.
 
@@ -117,7 +251,8 @@ def preprocess(
     manifest : pd.DataFrame
         A validated manifest (`helpers.datasets.load_manifest`); only ``path`` is used.
     cache_dir : str or path-like
-        Cache folder; created if needed. Re-running resumes: finished chunks are kept.
+        Cache folder; created if needed. Re-running resumes: finished chunks are kept. Another
+        `preprocess` writing to the same folder is waited for (see the module docstring).
     config : FrontEndConfig, optional
         Must match the folder's ``frontend.json`` when the folder already has one.
     n_jobs : int, optional
@@ -126,70 +261,52 @@ def preprocess(
         Clips per shard: the unit of work lost at most when the job is killed.
     progress : bool
         Show a progress bar.
+    retry_failed : bool
+        Try files that failed in an earlier run again (default). ``False`` keeps their
+        recorded failure, e.g. for a large corpus with many files known to be broken.
 
     Returns
     -------
     dict
-        ``n_clips``, ``n_cached_before``, ``n_computed``, ``n_failed``, ``seconds``,
-        ``clips_per_second``, ``bytes_per_clip``, ``failures_csv``.
+        ``n_clips``, ``n_cached_before``, ``n_computed`` (including ``n_retried`` files that
+        had failed before), ``n_failed``, ``seconds``, ``clips_per_second``,
+        ``bytes_per_clip``, ``failures_csv``.
 
     Raises
     ------
     CacheError
-        The folder was built with a different front end.
+        The folder was built with a different front end, or a shard table is damaged.
+    Exception
+        Whatever is not an `AudioError` (a bug, a full disk) propagates: finished chunks are
+        kept, the failing chunk is not recorded.
     """
     config = config or FrontEndConfig()
     cache_dir = Path(cache_dir)
     (cache_dir / "shards").mkdir(parents=True, exist_ok=True)
-    _check_config(cache_dir, config)
-
-    done = _read_shard_tables(cache_dir)
-    done_paths = set(done["path"])
-    todo = [p for p in dict.fromkeys(manifest["path"]) if p not in done_paths]
-    start_id = 1 + max((int(s.split("_")[1]) for s in done["shard"]), default=-1)
-    chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
-    shards = [str(cache_dir / "shards" / f"shard_{start_id + i:05d}") for i in range(len(chunks))]
-    n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(chunks) or 1))
-
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="preprocess", unit="clip", disable=not progress,
-               initial=0, dynamic_ncols=True)
-    n_failed_now = 0
-    if n_jobs == 1:
-        for chunk, shard in zip(chunks, shards, strict=True):
-            n_failed_now += len(_process_chunk(chunk, config, shard))
-            bar.update(len(chunk))
-    else:
-        # fork is fast and safe here (workers use numpy/librosa, not torch threads); other
-        # platforms get their default start method.
-        context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-        # librosa loads its submodules lazily (seconds); do it once here so forked workers
-        # inherit it instead of each paying for it.
-        mel_db(np.full(config.sample_rate, 0.1, dtype=np.float32), config)
-        with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_one_thread) as pool:
-            futures = {pool.submit(_process_chunk, c, config, s): c
-                       for c, s in zip(chunks, shards, strict=True)}
-            for future in as_completed(futures):
-                n_failed_now += len(future.result())
-                bar.update(len(futures[future]))
-                bar.set_postfix(failed=n_failed_now)
-    bar.close()
-    seconds = time.perf_counter() - t0
-
-    table = _read_shard_tables(cache_dir)
-    failures = table[table["row"] < 0][["path", "error"]]
-    failures_csv = cache_dir / "failures.csv"
-    write_csv(failures_csv, failures)
-    wanted = set(manifest["path"])
+    wanted = list(dict.fromkeys(manifest["path"]))
+    with _write_lock(cache_dir):
+        _check_config(cache_dir, config)
+        todo, n_retried, jobs = _plan(cache_dir, wanted, chunk_size, retry_failed)
+        n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(jobs) or 1))
+        t0 = time.perf_counter()
+        with tqdm(total=len(todo), desc="preprocess", unit="clip", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            _compute(jobs, config, n_jobs, bar)
+        seconds = time.perf_counter() - t0
+        _prune(cache_dir, _read_shard_tables(cache_dir))
+        table = _read_shard_tables(cache_dir)
+        failures = _failures(table)
+        failures_csv = write_csv(cache_dir / "failures.csv", failures)
     n_failed = int(failures["path"].isin(wanted).sum())
     if n_failed:
         log.warning("%d file(s) could not be read; see %s", n_failed, failures_csv)
-    n_ok = int(((table["row"] >= 0)).sum())
+    n_ok = int((table["row"] >= 0).sum())
     data_bytes = sum(p.stat().st_size for p in (cache_dir / "shards").glob("shard_*.npy"))
     return {
         "n_clips": len(wanted),
         "n_cached_before": len(wanted) - len(todo),
         "n_computed": len(todo),
+        "n_retried": n_retried,
         "n_failed": n_failed,
         "seconds": round(seconds, 3),
         "clips_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
@@ -215,11 +332,11 @@ class FeatureCache:
                              "`python -m helpers preprocess --manifest M --cache DIR` first")
         self.config = FrontEndConfig.from_dict(read_json(self.cache_dir / "frontend.json"))
         table = _read_shard_tables(self.cache_dir)
-        ok = table[table["row"] >= 0]
+        ok = table[table["row"] >= 0]  # oldest first: a later row for a path wins
         self._where = dict(zip(ok["path"], zip(ok["shard"], ok["row"].astype(int), strict=True),
                                strict=True))
-        self.failures = dict(zip(table.loc[table["row"] < 0, "path"],
-                                 table.loc[table["row"] < 0, "error"], strict=True))
+        failed = _failures(table)
+        self.failures = dict(zip(failed["path"], failed["error"], strict=True))
         self._shards: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:

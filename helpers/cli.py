@@ -11,7 +11,8 @@ Stages, in the order data flows::
     recommend   audio files + run + index -> P(AI) and top-K similar human tracks
     demo        all of the above on the demo corpus, offline
 
-Heavy imports happen inside each command so that ``--help`` answers at once.
+Each command imports the stage it runs inside its function: those modules bring torch,
+librosa, pandas or faiss (seconds), and ``--help`` should answer at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
+
+from helpers.config import FrontEndConfig
 
 EPILOG = "Data flows: download/synth -> preprocess -> train -> evaluate; index -> recommend."
 
@@ -37,9 +41,7 @@ def _add_frontend_args(p: argparse.ArgumentParser) -> None:
                         "bitrate of the lossiest source)")
 
 
-def _frontend(args: argparse.Namespace):
-    from helpers.config import FrontEndConfig
-
+def _frontend(args: argparse.Namespace) -> FrontEndConfig | None:
     overrides = {}
     if args.duration is not None:
         overrides["duration"] = args.duration
@@ -121,23 +123,32 @@ def cmd_index(args: argparse.Namespace) -> int:
         embedder = make_embedder("classifier", run_dir=args.run)
     else:
         embedder = make_embedder(args.embedder)
-    index = build_index(manifest, args.out, embedder, label=args.label, hnsw=args.hnsw,
+    label = None if args.label == "all" else args.label  # build_index: None keeps every row
+    index = build_index(manifest, args.out, embedder, label=label, hnsw=args.hnsw,
                         checkpoint_every=args.checkpoint_every)
     print(f"index written: {args.out} ({len(index)} tracks, embedder {embedder.name})")
     return 0
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from helpers.pipeline import analyze_many, format_results
+    from helpers.audio import AudioError
+    from helpers.pipeline import Analyzer, format_results
 
-    results = analyze_many(args.audio, run=args.run, index=args.index, k=args.k,
-                           threshold=args.threshold, always_recommend=args.always_recommend,
-                           windows=args.windows)
+    analyzer = Analyzer(args.run, args.index, k=args.k, threshold=args.threshold,
+                        always_recommend=args.always_recommend)
+    results = []
+    for path in args.audio:
+        # Not `analyze_many`: it also logs each bad file, and the results printed below
+        # already say why each one failed; the message should appear once.
+        try:
+            results.append(analyzer.analyze(path, windows=args.windows))
+        except AudioError as err:
+            results.append({"input": path, "error": str(err)})
     print(json.dumps(results, indent=2) if args.json else format_results(results))
-    failed = [r["input"] for r in results if "error" in r]
-    if failed:  # the others were analysed; a script still learns that some were not
-        print(f"error: {len(failed)} of {len(results)} file(s) could not be read (first: "
-              f"{failed[0]})", file=sys.stderr)
+    n_failed = sum("error" in r for r in results)
+    if n_failed:  # the others were analysed; a script still learns that some were not
+        print(f"error: {n_failed} of {len(results)} file(s) could not be read (reasons "
+              "above)", file=sys.stderr)
         return 1
     return 0
 
@@ -149,17 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m helpers",
-        description="Tell AI-generated music from human music, then recommend similar human "
-                    "tracks. Start with `python -m helpers demo` (offline, a few minutes).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_download(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("download", help="download SONICS/GTZAN with kagglehub, write a manifest",
                        description="Download a dataset with kagglehub (credentials from Colab "
                        "secrets, KAGGLE_USERNAME/KAGGLE_KEY, or ~/.kaggle/kaggle.json) and write "
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also fetch SONICS human songs from YouTube with yt-dlp (slow, optional)")
     p.set_defaults(func=cmd_download)
 
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the built-in synthetic demo corpus",
                        description="Write the demo corpus (6 styles, human and 'AI' clips with "
                        "Griffin-Lim and upsampling artifacts) as audio files plus manifest.csv.")
@@ -183,10 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
+
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("preprocess", help="compute the feature cache (resumable, parallel)",
                        description="Compute the dB mel spectrogram of every file in a manifest "
-                       "into a cache folder. Re-running resumes; unreadable files are logged in "
-                       "CACHE/failures.csv and skipped.")
+                       "into a cache folder. Re-running resumes and tries unreadable files "
+                       "again; those still unreadable are listed in CACHE/failures.csv and "
+                       "skipped. A second preprocess on the same cache waits for the first.")
     p.add_argument("--manifest", required=True,
                    help="manifest CSV, or a folder with ai/ and human/ subfolders")
     p.add_argument("--cache", required=True, help="cache folder")
@@ -195,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_frontend_args(p)
     p.set_defaults(func=cmd_preprocess)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train Model 1, the AI-vs-human classifier",
                        description="Train the spectro-temporal transformer. Preprocesses into "
                        "a cache when needed; --resume continues an interrupted run.")
@@ -210,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_frontend_args(p)
     p.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics, predictions and figures of a run",
                        description="Evaluate a run on a split: metrics.json, predictions.csv "
                        "and figures (ROC, PR, confusion, histograms, reliability).")
@@ -220,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build the human-track index (Model 2)",
                        description="Embed the human tracks of a manifest and store a cosine "
                        "index. Resumable; adding tracks to an index embeds only the new ones.")
@@ -236,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files per checkpoint: a killed build redoes at most this many")
     p.set_defaults(func=cmd_index)
 
+
+def _add_recommend(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="P(AI) and top-K similar human tracks for audio files",
                        description="Classify each file; when it looks AI-made, recommend the "
                        "K most similar human tracks from the index.")
@@ -252,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON output for scripts")
     p.set_defaults(func=cmd_recommend)
 
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the demo corpus, offline",
                        description="Build the demo corpus, train the tiny classifier, evaluate "
                        "it, build the human index and recommend for held-out clips. Re-running "
@@ -260,21 +276,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-k", type=int, default=5)
     p.set_defaults(func=cmd_demo)
+
+
+#: The stages, in the order data flows (and ``--help`` lists them).
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_download, _add_synth, _add_preprocess, _add_train, _add_evaluate, _add_index,
+    _add_recommend, _add_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m helpers`` argument parser, one subcommand per stage."""
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers",
+        description="Tell AI-generated music from human music, then recommend similar human "
+                    "tracks. Start with `python -m helpers demo` (offline, a few minutes).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m helpers``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # Our progress messages at INFO; other libraries only when they warn (faiss, for one,
+    # logs several INFO lines about its CPU features on every import).
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from helpers.cache import CacheError
-
+    logging.getLogger("helpers").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, CacheError, RuntimeError) as err:
-        # User errors (AudioError and ManifestError are ValueErrors) are one clear line;
-        # -v shows the traceback as well.
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # User errors are one clear line (AudioError and ManifestError are ValueErrors,
+        # CacheError a RuntimeError); -v shows the traceback instead.
         if args.verbose:
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -41,7 +41,8 @@ class ManifestError(ValueError):
 
 
 def load_manifest(
-    source: str | os.PathLike | pd.DataFrame, check_files: bool = False
+    source: str | os.PathLike | pd.DataFrame, check_files: bool = False,
+    strict_artists: bool = False,
 ) -> pd.DataFrame:
     """Load and validate a manifest from a CSV, a folder, or a DataFrame.
 
@@ -54,6 +55,9 @@ def load_manifest(
     check_files : bool
         Also require every path to exist (otherwise missing files surface, logged and skipped,
         when the audio is read).
+    strict_artists : bool
+        Refuse an ``artist`` that has rows in more than one split; by default it is a warning
+        (see Notes).
 
     Returns
     -------
@@ -64,27 +68,36 @@ def load_manifest(
     Raises
     ------
     ManifestError
-        Missing columns, unknown labels or splits, duplicate paths, an empty manifest, or
-        (with `check_files`) paths that do not exist.
+        Missing columns, unknown labels or splits, duplicate paths, an empty manifest, a
+        ``track_id`` in more than one split, (with `strict_artists`) an artist in more than
+        one split, or (with `check_files`) paths that do not exist.
 
     Notes
     -----
     A ``track_id`` may repeat across different paths: excerpts of one song share it, and
-    training keeps them on one side of the train/val split. The same path twice is an error.
+    training keeps them on one side of the train/val split. The same path twice is an error,
+    and so is a ``track_id`` given in two splits: a test score on excerpts of songs the model
+    trained on measures memory, not detection. Rows without a ``track_id`` get their file
+    name's stem, which is not checked (``01.wav`` of two albums is not one song).
+
+    An artist in two splits lets a model score by recognising the artist's sound. The demo
+    corpus and SONICS (whose AI "artist" is the generator) have such artists, so by default
+    this is a warning; `strict_artists` makes it an error.
+
     Files whose names are not valid UTF-8 (e.g. Latin-1 bytes on Linux) are left out with a
     warning naming each one, because the cache, run and index tables are UTF-8 CSV files;
     rename them to UTF-8 to include them.
     """
+    checks = {"check_files": check_files, "strict_artists": strict_artists}
     if isinstance(source, pd.DataFrame):
-        return validate_manifest(source, base_dir=Path.cwd(), name="<DataFrame>",
-                                 check_files=check_files)
+        return validate_manifest(source, base_dir=Path.cwd(), name="<DataFrame>", **checks)
     source = Path(source).expanduser()
     if source.is_dir():
         if (source / "manifest.csv").is_file():
             source = source / "manifest.csv"
         elif (source / "ai").is_dir() or (source / "human").is_dir():
             return validate_manifest(folder_manifest(source), base_dir=source, name=str(source),
-                                     check_files=check_files)
+                                     **checks)
         else:
             raise ManifestError(
                 f"{source}: a folder needs either manifest.csv or ai/ and human/ subfolders "
@@ -96,8 +109,7 @@ def load_manifest(
         frame = pd.read_csv(source, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise ManifestError(f"{source}: not a readable CSV ({err})") from err
-    return validate_manifest(frame, base_dir=source.parent, name=str(source),
-                             check_files=check_files)
+    return validate_manifest(frame, base_dir=source.parent, name=str(source), **checks)
 
 
 def validate_manifest(
@@ -105,6 +117,7 @@ def validate_manifest(
     base_dir: str | os.PathLike = ".",
     name: str = "manifest",
     check_files: bool = False,
+    strict_artists: bool = False,
 ) -> pd.DataFrame:
     """Check a manifest table and return it normalised (see `load_manifest`)."""
     frame = frame.copy()
@@ -122,8 +135,26 @@ def validate_manifest(
     frame["split"] = _normalise(frame["split"], _SPLIT_ALIASES)
     _check_values(frame, "label", LABELS, name)
     _check_values(frame, "split", SPLITS, name)
+    frame = _resolve_paths(frame, Path(base_dir), name)
+    for column in OPTIONAL_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
+        frame[column] = frame[column].fillna("").astype(str)
+    _check_split_leaks(frame, name, strict_artists)
+    empty_ids = frame["track_id"] == ""
+    frame.loc[empty_ids, "track_id"] = [Path(p).stem for p in frame.loc[empty_ids, "path"]]
+    if check_files:
+        absent = [p for p in frame["path"] if not os.path.exists(p)]
+        if absent:
+            raise ManifestError(
+                f"{name}: {len(absent)} path(s) do not exist, e.g. {absent[0]}; fix the paths "
+                "(relative paths are relative to the manifest's folder)"
+            )
+    return frame.reset_index(drop=True)
 
-    base = Path(base_dir)
+
+def _resolve_paths(frame: pd.DataFrame, base: Path, name: str) -> pd.DataFrame:
+    """Absolute, normalised paths; rows with non-UTF-8 names left out; empty or twice refused."""
     frame["path"] = [
         os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
         for p in frame["path"].str.strip()
@@ -144,20 +175,47 @@ def validate_manifest(
         raise ManifestError(
             f"{name}: {len(dupes)} duplicate path(s), e.g. {dupes.iloc[0]}; each file once"
         )
-    for column in OPTIONAL_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = ""
-        frame[column] = frame[column].fillna("").astype(str)
-    empty_ids = frame["track_id"] == ""
-    frame.loc[empty_ids, "track_id"] = [Path(p).stem for p in frame.loc[empty_ids, "path"]]
-    if check_files:
-        absent = [p for p in frame["path"] if not os.path.exists(p)]
-        if absent:
-            raise ManifestError(
-                f"{name}: {len(absent)} path(s) do not exist, e.g. {absent[0]}; fix the paths "
-                "(relative paths are relative to the manifest's folder)"
-            )
-    return frame.reset_index(drop=True)
+    return frame
+
+
+def _split_crossings(frame: pd.DataFrame, column: str) -> str:
+    """Values of `column` (non-empty) with rows in more than one split, described; "" if none.
+
+    Rows are numbered as lines of the CSV (the header is line 1).
+    """
+    given = frame[frame[column] != ""]
+    n_splits = given.groupby(column)["split"].nunique()
+    crossing = n_splits.index[n_splits > 1]
+    if crossing.empty:
+        return ""
+    examples = []
+    for value in crossing[:3]:
+        rows = given[given[column] == value]
+        where = "; ".join(f"{split}: row(s) {', '.join(str(i + 2) for i in group.index[:3])}"
+                          for split, group in rows.groupby("split"))
+        examples.append(f"{value!r} ({where})")
+    return f"{len(crossing)} {column}(s) in more than one split, e.g. {', '.join(examples)}"
+
+
+def _check_split_leaks(frame: pd.DataFrame, name: str, strict_artists: bool) -> None:
+    """Refuse a track in two splits; an artist in two splits too when asked, else warn."""
+    leak = _split_crossings(frame, "track_id")
+    if leak:
+        raise ManifestError(
+            f"{name}: {leak}. Rows of one track must share a split, or the test measures "
+            "memory of the training songs; give each track one split (e.g. "
+            "helpers.datasets.assign_splits(frame['track_id']))"
+        )
+    leak = _split_crossings(frame, "artist")
+    if leak and strict_artists:
+        raise ManifestError(
+            f"{name}: {leak}. Give each artist one split (e.g. "
+            "helpers.datasets.assign_splits(frame['artist'])), or pass strict_artists=False "
+            "to accept it"
+        )
+    if leak:
+        log.warning("%s: %s; a model may learn to recognise those artists, so the test score "
+                    "can be optimistic (strict_artists=True refuses such a manifest)", name, leak)
 
 
 def _not_utf8(path: str) -> bool:

@@ -2,7 +2,9 @@
 
 `make_bad_corpus` writes one small file per case into a folder and returns ``{name: path}``;
 `write_long_wav` writes the 2-hour file separately (about 115 MB, so only the test that needs
-it pays for it). Everything is synthetic and deterministic: nothing is downloaded.
+it pays for it); `refuse_to_open` makes the front end's ``open`` of one file fail as the OS
+does for a file it may not read. Everything is synthetic and deterministic: nothing is
+downloaded.
 
 Cases, and what the front end is expected to do with each (``tests/test_bad_inputs.py``):
 
@@ -30,12 +32,16 @@ non_utf8_name      a valid WAV whose file name is the bytes ``b"caf\\xe9.wav"`` 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import tone
+
+import helpers.audio as audio_module
 
 #: Cases that decode to a usable clip with the default front end.
 READABLE = ("good", "mp3", "mp3_named_wav", "sr_8k", "sr_96k", "six_channels", "non_utf8_name")
@@ -134,3 +140,21 @@ def write_long_wav(path: str | os.PathLike, hours: float = 2.0, sr: int = 8_000,
         for start in range(0, total, block):
             f.write(base[: min(block, total - start)])
     return path
+
+
+def refuse_to_open(monkeypatch: pytest.MonkeyPatch, path: str | os.PathLike) -> None:
+    """Make `helpers.audio` get ``PermissionError`` when it opens `path` (other files open).
+
+    Mode 000 stops a user but not root, and CI runs as root; this is what the OS does for a
+    file nobody may read (a FUSE or network mount refusing root included).
+    """
+    target = os.fspath(path)
+    real_open = open
+
+    def refusing_open(file, *args, **kwargs):
+        if os.fspath(file) == target:
+            raise PermissionError(errno.EACCES, "Permission denied", target)
+        return real_open(file, *args, **kwargs)
+
+    # `open` is looked up in the module's globals before the builtins
+    monkeypatch.setattr(audio_module, "open", refusing_open, raising=False)

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 import tracemalloc
 
@@ -17,7 +19,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from bad_inputs import EITHER, ERRORS, NON_UTF8_NAME, READABLE, make_bad_corpus, write_long_wav
+from bad_inputs import (
+    EITHER,
+    ERRORS,
+    NON_UTF8_NAME,
+    READABLE,
+    make_bad_corpus,
+    refuse_to_open,
+    write_long_wav,
+)
 from conftest import tone
 
 from helpers.audio import AudioError, load_clip
@@ -25,13 +35,13 @@ from helpers.cli import main
 from helpers.config import FrontEndConfig
 from helpers.datasets import ManifestError, load_manifest, write_manifest
 from helpers.evaluate import evaluate
+from helpers.index import index_files
 from helpers.pipeline import analyze, analyze_many
 from helpers.run import score_files
 from helpers.train import TrainConfig, train
 
 FRONT = FrontEndConfig(duration=2.0)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-ROOT_REASON = "runs as root, who reads a file whatever its mode (chmod 000 blocks nothing)"
 # Files the front end rejects here: the locked file only when permissions apply.
 FAILING = set(ERRORS) | (set() if IS_ROOT else {"unreadable"})
 TEST_SPLIT_BAD = ("nan", "zero_byte")  # bad files placed in the test split
@@ -119,11 +129,12 @@ def test_truncated_mp3_gives_its_decodable_start_zero_padded(bad):
     assert np.corrcoef(clip[:8_000], full[:8_000])[0, 1] > 0.99
 
 
-@pytest.mark.skipif(IS_ROOT, reason=ROOT_REASON)
-def test_a_locked_file_is_a_permission_error(bad):
-    with pytest.raises(AudioError, match="permission denied") as info:
+def test_a_locked_file_is_a_permission_error(bad, monkeypatch):
+    if IS_ROOT:  # root reads the mode-000 file: the OS's refusal is injected instead
+        refuse_to_open(monkeypatch, bad["unreadable"])
+    with pytest.raises(AudioError) as info:
         load_clip(bad["unreadable"], FRONT)
-    assert str(bad["unreadable"]) in str(info.value)
+    assert str(info.value) == f"{bad['unreadable']}: permission denied (check file permissions)"
 
 
 def test_non_utf8_file_names_are_read_and_named(bad, tmp_path, caplog):
@@ -210,7 +221,7 @@ def test_evaluate_skips_unreadable_test_files(project, bad, tmp_path):
 
 
 def test_index_cli_skips_unreadable_files(project, bad):
-    catalog = pd.read_csv(project["index"] / "catalog.csv")
+    catalog = pd.read_csv(index_files(project["index"])["catalog"])
     failures = pd.read_csv(project["index"] / "failures.csv")
     humans = {p for p, lab in project["label"].items() if lab == "human"
               and p != str(bad["non_utf8_name"])}
@@ -230,13 +241,13 @@ def test_recommend_cli_reports_bad_files_and_answers_the_rest(project, bad, caps
     assert code == 1
     assert all(len(results[p]["recommendations"]) == 2 for p in good)
     assert all(results[p]["error"].startswith(f"{p}: ") for p in broken)
-    assert "2 of 4 file(s) could not be read" in captured.err
-    # one bad file: a non-zero exit and the file named on stderr
+    assert captured.err == "error: 2 of 4 file(s) could not be read (reasons above)\n"
+    # one bad file: a non-zero exit, the reason once in the results, a summary on stderr
     code = main(["recommend", str(bad["silence"]), "--run", str(project["run"]),
                  "--index", str(project["index"])])
     captured = capsys.readouterr()
     assert code == 1 and f"{bad['silence']}: silent" in captured.out
-    assert str(bad["silence"]) in captured.err
+    assert "1 of 1 file(s) could not be read" in captured.err
 
 
 def test_notebook_helpers_name_the_bad_file(project, bad):
@@ -280,12 +291,41 @@ def test_a_damaged_run_or_index_is_one_line(project, bad, tmp_path, capsys):
     assert code == 2
     _one_line_naming(capsys.readouterr().err, best)
     index = shutil.copytree(project["index"], tmp_path / "index")
-    vectors = index / "vectors.npy"
+    vectors = index_files(index)["vectors"]
     vectors.write_bytes(vectors.read_bytes()[:200])
     code = main(["recommend", str(bad["good"]), "--run", str(project["run"]),
                  "--index", str(index)])
     assert code == 2
     _one_line_naming(capsys.readouterr().err, vectors)
+
+
+def _cli(*args) -> tuple[int, str]:
+    """Run ``python -m helpers`` in a new process: exit code, stdout + stderr."""
+    done = subprocess.run([sys.executable, "-m", "helpers", *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_the_cli_gives_the_reason_for_a_bad_file_once(project, bad):
+    """The real process (logging set up as for a user): the reason is printed exactly once."""
+    path = bad["text_named_wav"]
+    with pytest.raises(AudioError) as info:
+        load_clip(path)
+    code, output = _cli("recommend", path, "--run", project["run"], "--index", project["index"])
+    assert code == 1
+    assert output.count(str(info.value)) == 1, output
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_the_cli_gives_a_bad_manifest_error_once(project, tmp_path, command):
+    csv = tmp_path / "m.csv"
+    csv.write_text("file,label\nx.wav,ai\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(csv)
+    extra = {"train": ["--out", tmp_path / "run"], "evaluate": ["--run", project["run"]]}
+    code, output = _cli(command, "--manifest", csv, *extra[command])
+    assert code == 2
+    assert output.count(str(info.value)) == 1, output
 
 
 # --- manifest errors that the other tests do not cover ---------------------------------------

@@ -1,4 +1,4 @@
-"""Feature cache: parallel, resumable, atomic, failures logged and skipped."""
+"""Feature cache: parallel, resumable, atomic, safe to share, failures logged and retried."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import helpers.cache as cache_module
 from helpers.audio import load_clip, mel_db
 from helpers.cache import CacheDataset, CacheError, FeatureCache, preprocess
 from helpers.config import FrontEndConfig
-from helpers.datasets import load_manifest, write_manifest
+from helpers.datasets import load_manifest, validate_manifest, write_manifest
 
 CFG = FrontEndConfig(duration=2.0)
 
@@ -149,3 +149,98 @@ def test_new_manifest_rows_are_added_without_recomputing(tmp_path, audio_folder)
     assert report["n_cached_before"] == 5
     after = {p.name: p.stat().st_mtime_ns for p in Path(tmp_path / "c/shards").glob("*.npy")}
     assert all(after[name] == t for name, t in before.items())
+
+
+def _shard_rows(cache_dir) -> pd.DataFrame:
+    """Every row of every finished shard table (a shard is finished once its .npy exists)."""
+    tables = [pd.read_csv(npy.with_suffix(".csv"), keep_default_na=False)
+              for npy in (Path(cache_dir) / "shards").glob("shard_*.npy")]
+    return pd.concat(tables, ignore_index=True)
+
+
+def _expect_served(cache_dir, manifest, config) -> None:
+    """The cache serves every clip of `manifest`, each with its own file's features."""
+    dataset = CacheDataset(cache_dir, manifest)
+    assert len(dataset) == len(manifest) and not dataset.dropped
+    for i, path in enumerate(dataset.frame["path"]):
+        expected = mel_db(load_clip(path, config), config)
+        assert np.abs(dataset[i][0].numpy() - expected).max() < 0.05, path  # fp16 step
+
+
+def test_failed_files_are_retried_on_the_next_run(tmp_path, audio_folder):
+    manifest = load_manifest(audio_folder)
+    late = audio_folder / "ai" / "late.wav"  # listed, but its download had not finished
+    manifest = validate_manifest(pd.concat([manifest, pd.DataFrame(
+        [{"path": str(late), "label": "ai", "split": "train"}])], ignore_index=True))
+    broken = str(audio_folder / "human" / "broken.wav")
+    first = preprocess(manifest, tmp_path / "c", CFG, n_jobs=1, chunk_size=4, progress=False)
+    assert first["n_failed"] == 2
+    sf.write(late, tone(2.0, 22_050, 880.0), 22_050)
+    second = preprocess(manifest, tmp_path / "c", CFG, n_jobs=1, chunk_size=4, progress=False)
+    cache = FeatureCache(tmp_path / "c")
+    assert cache.has(str(late)) and list(cache.failures) == [broken]
+    assert (second["n_computed"], second["n_retried"], second["n_failed"]) == (2, 2, 1)
+    # the file that failed again is recorded again, once; the fixed one is no failure now
+    assert pd.read_csv(second["failures_csv"])["path"].tolist() == [broken]
+    assert _shard_rows(tmp_path / "c")["path"].value_counts().max() == 1
+    _expect_served(tmp_path / "c", manifest[manifest["path"] != broken], CFG)
+    kept = preprocess(manifest, tmp_path / "c", CFG, n_jobs=1, progress=False,
+                      retry_failed=False)
+    assert (kept["n_computed"], kept["n_failed"]) == (0, 1)
+
+
+def test_a_bug_in_the_front_end_raises_instead_of_becoming_a_failed_file(
+        tmp_path, audio_folder, monkeypatch):
+    def buggy_mel(y, config):
+        raise TypeError("unsupported operand type(s)")  # a programming error, not a bad file
+
+    monkeypatch.setattr(cache_module, "mel_db", buggy_mel)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        preprocess(load_manifest(audio_folder), tmp_path / "c", CFG, n_jobs=1, progress=False)
+    assert not list((tmp_path / "c" / "shards").glob("*.npy"))  # no chunk was recorded
+    assert not (tmp_path / "c" / "failures.csv").exists()
+
+
+# The other run: imports first, then waits for the start signal, so that both runs read the
+# cache folder at the same moment.
+_RACER = """
+import sys, time
+from pathlib import Path
+import helpers.cache
+from helpers.cli import main
+Path(sys.argv[1]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("shared", [0, 6], ids=["different_clips", "overlapping_clips"])
+def test_two_preprocess_runs_at_once_on_one_cache_lose_nothing(tmp_path, shared):
+    """A CLI process and this one, 12 clips each, one cache: every clip is there exactly once."""
+    folder = tmp_path / "songs"
+    folder.mkdir()
+    rows = []
+    for i in range(24 - shared):
+        sf.write(folder / f"s{i:02d}.wav", tone(2.0, 16_000, 200.0 + 25 * i, seed=i), 16_000)
+        rows.append({"path": f"s{i:02d}.wav", "label": ("ai", "human")[i % 2],
+                     "split": "train"})
+    frame = validate_manifest(pd.DataFrame(rows), base_dir=folder)
+    other = write_manifest(frame.iloc[12 - shared:], folder / "other.csv")
+    cache, ready, go = tmp_path / "cache", tmp_path / "ready", tmp_path / "go"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RACER, str(ready), str(go), "preprocess", "--manifest",
+         str(other), "--cache", str(cache), "--jobs", "1", "--chunk-size", "2",
+         "--duration", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.01)
+    go.touch()
+    preprocess(frame.iloc[:12], cache, CFG, n_jobs=1, chunk_size=2, progress=False)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output
+    rows = _shard_rows(cache)
+    assert sorted(rows["path"]) == sorted(frame["path"])
+    assert (rows["row"] >= 0).all()
+    _expect_served(cache, frame, CFG)

@@ -7,8 +7,12 @@ import sys
 
 import pandas as pd
 import pytest
+import soundfile as sf
+from conftest import tone
 
 from helpers.cli import build_parser, main
+from helpers.datasets import write_manifest
+from helpers.index import CatalogIndex
 
 COMMANDS = ["download", "synth", "preprocess", "train", "evaluate", "index", "recommend", "demo"]
 
@@ -39,13 +43,27 @@ def test_a_bad_manifest_is_one_line_and_nonzero(tmp_path, capsys):
     assert err.startswith("error: ") and str(bad) in err and "missing column" in err
 
 
-def test_recommend_names_a_missing_run(tmp_path, capsys):
+def test_recommend_names_a_missing_run_before_reading_any_audio(tmp_path, capsys):
     song = tmp_path / "song.wav"
-    song.write_bytes(b"")
+    song.write_bytes(b"")  # unreadable too: the missing run is what must be reported
     code = main(["recommend", str(song), "--run", str(tmp_path / "run"),
                  "--index", str(tmp_path / "index")])
-    assert code == 2
-    assert "run.json" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'run' / 'run.json'}")
+
+
+def test_index_label_all_puts_both_labels_in_the_catalog(tmp_path, capsys):
+    rows = []
+    for i, label in enumerate(["ai", "ai", "human", "human"]):
+        sf.write(tmp_path / f"c{i}.wav", tone(1.0, 16_000, 300.0 + 100 * i, seed=i), 16_000)
+        rows.append({"path": f"c{i}.wav", "label": label, "split": "train"})
+    csv = write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+    code = main(["index", "--manifest", str(csv), "--out", str(tmp_path / "index"),
+                 "--embedder", "features", "--label", "all"])
+    assert code == 0, capsys.readouterr().err
+    assert len(CatalogIndex.load(tmp_path / "index")) == 4
 
 
 def test_parser_defaults_are_the_documented_ones():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 import pytest
 
@@ -14,6 +16,7 @@ from helpers.datasets import (
     manifest_fingerprint,
     write_manifest,
 )
+from helpers.synth import SynthConfig, plan_corpus
 
 
 def _csv(tmp_path, text: str):
@@ -117,3 +120,39 @@ def test_balance_limits_training_clips_per_class():
     assert counts[("train", "human")] == 8
     assert counts[("test", "ai")] == 10
     assert balance(frame, per_class=20, seed=0).equals(small)
+
+
+def test_a_track_in_two_splits_is_refused(tmp_path):
+    path = _csv(tmp_path, "path,label,split,track_id\n"
+                          "a1.wav,ai,train,song1\na2.wav,ai,train,song1\n"
+                          "a3.wav,ai,test,song1\nb.wav,human,val,song2\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    message = str(info.value)
+    assert str(path) in message and "1 track_id(s) in more than one split" in message
+    assert "'song1' (test: row(s) 4; train: row(s) 2, 3)" in message
+    assert "assign_splits" in message  # the fix
+    # excerpts of one track in one split are fine, and so are file names that merely repeat
+    load_manifest(_csv(tmp_path, "path,label,split,track_id\na1.wav,ai,test,song1\n"
+                                 "a2.wav,ai,test,song1\nb.wav,human,train,song2\n"))
+    assert load_manifest(_csv(tmp_path, "path,label,split\nx/01.wav,ai,train\n"
+                                        "y/01.wav,ai,test\n"))["track_id"].tolist() == ["01"] * 2
+
+
+def test_an_artist_in_two_splits_warns_and_is_refused_when_asked(tmp_path, caplog):
+    path = _csv(tmp_path, "path,label,split,artist\na.wav,ai,train,Ann\nb.wav,ai,test,Ann\n"
+                          "c.wav,human,val,Bo\nd.wav,human,val,\ne.wav,human,test,\n")
+    with caplog.at_level(logging.WARNING, logger="helpers.datasets"):
+        assert len(load_manifest(path)) == 5
+    assert "1 artist(s) in more than one split, e.g. 'Ann' (test: row(s) 3; train: row(s) 2)" \
+        in caplog.text  # rows without an artist are not one artist
+    with pytest.raises(ManifestError, match=r"1 artist\(s\) in more than one split.*'Ann'"):
+        load_manifest(path, strict_artists=True)
+
+
+def test_the_demo_corpus_loads_although_its_artists_cross_splits(caplog):
+    # plan_corpus draws splits per clip, so its artists span splits: a warning, not an error
+    plan = plan_corpus(SynthConfig(n_per_style_per_label=5))
+    with caplog.at_level(logging.WARNING, logger="helpers.datasets"):
+        manifest = load_manifest(plan)
+    assert len(manifest) == len(plan) and "artist(s) in more than one split" in caplog.text
