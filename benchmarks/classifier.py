@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -28,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from benchmarks.provenance import write_result  # noqa: E402
 from helpers.config import FrontEndConfig  # noqa: E402
-from helpers.io import write_json  # noqa: E402
 from helpers.model import build_model, model_config_for  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -177,29 +175,25 @@ def main(argv: list[str] | None = None) -> int:
                 vit["peak_rss_mb" if cpu else "peak_train_mb"]
                 / st["peak_rss_mb" if cpu else "peak_train_mb"],
         }
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     result = {
         "benchmark": "classifier",
         "device": args.device,
         "device_name": (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-                        else platform.processor() or platform.machine()),
-        "torch": torch.__version__,
+                        else None),  # the CPU model is in provenance.machine
         "torch_threads": args.threads or torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_end": load,
         "input": {"shape": [1, 128, n_frames], "seconds": args.seconds},
         "repeats": {"tiny": args.repeats, "base": args.base_repeats},
         "statistic": "median over repeats after one warm-up call",
         "results": rows,
         "ratios": ratios,
         "wall_seconds": round(time.perf_counter() - t0, 1),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "note": "peak_rss_mb is the peak resident memory of a subprocess that holds one model "
                 "(python + torch + the model + activations); rss_before_model_mb is its "
                 "baseline after imports.",
     }
     out = Path(args.out) if args.out else RESULTS / f"classifier_{args.device.split(':')[0]}.json"
-    write_json(out, result)
+    config = {k: v for k, v in vars(args).items() if k != "one"} | {"n_frames": n_frames}
+    write_result(out, result, config)
     print(f"wrote {out} in {result['wall_seconds']} s")
     return 0
 

@@ -16,7 +16,11 @@ Two parts, both written to ``benchmarks/results/end_to_end.json``:
    stages. Random weights give frames that differ little, so the cosine agreement is an
    optimistic bound; the real-weights study of hop vs. retrieval quality belongs on Colab.
 
-Run from the repository root (reuses ``demo_out/`` if ``python -m helpers demo`` ran)::
+The demo is made by `helpers.pipeline.run_demo` into ``benchmarks/_work/end_to_end/demo``
+and reused by later runs only while its fingerprint (the `run_demo` arguments) matches; the
+results file records the settings of the run and index actually measured. ``--demo-dir``
+measures another demo folder, which must have been made here with the same settings (this
+script never deletes a folder it was given). Run from the repository root::
 
     python -m benchmarks.end_to_end
 """
@@ -24,8 +28,6 @@ Run from the repository root (reuses ``demo_out/`` if ``python -m helpers demo``
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -35,9 +37,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from helpers.io import write_json
+from benchmarks.provenance import prepare, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "end_to_end.json"
+DEMO = Path(__file__).resolve().parent / "_work" / "end_to_end" / "demo"
+#: `run_demo`'s arguments: the demo's fingerprint.
+DEMO_SETTINGS = {"seed": 0, "k": 5, "n_queries": 3}
 BUDGET_S = 3.0  # the whole analysis of one song on this 2-core machine
 HOPS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
@@ -52,12 +57,18 @@ def _song(path: Path, seconds: float = 30.0, seed: int = 0) -> Path:
     return path
 
 
-def pipeline_latency(demo_dir: Path, song: Path, repeats: int) -> dict:
-    """Cold and warm latency of Analyzer.analyze, per stage."""
-    from helpers.pipeline import Analyzer, run_demo
+def demo(demo_dir: Path, owned: bool) -> dict:
+    """The demo folder to measure, made (or, if `owned`, remade) unless its stamp matches."""
+    from helpers.pipeline import run_demo
 
-    if not (demo_dir / "run" / "run.json").exists() or not (demo_dir / "index").exists():
-        run_demo(demo_dir, progress=False)
+    return prepare(demo_dir, DEMO_SETTINGS,
+                   lambda: run_demo(demo_dir, progress=False, **DEMO_SETTINGS), rebuild=owned)
+
+
+def pipeline_latency(demo_dir: Path, song: Path, repeats: int) -> dict:
+    """Cold and warm latency of Analyzer.analyze, per stage, and what was measured."""
+    from helpers.pipeline import Analyzer
+
     t0 = time.perf_counter()
     analyzer = Analyzer(demo_dir / "run", demo_dir / "index", k=5, always_recommend=True)
     load_s = time.perf_counter() - t0
@@ -73,8 +84,12 @@ def pipeline_latency(demo_dir: Path, song: Path, repeats: int) -> dict:
         totals.append(time.perf_counter() - t0)
         stages.append(dict(analyzer.timings))
     warm_stages = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+    info = analyzer.run_info
     return {"embedder": analyzer.index.embedder_config.get("name"),
-            "classifier_params": analyzer.run_info.get("n_parameters"),
+            "classifier_params": info.get("n_parameters"),
+            # The settings of the run and index actually measured, read from their folders.
+            "measured": {"run": {k: info.get(k) for k in ("preset", "frontend", "train_config")},
+                         "index_embedder": analyzer.index.embedder_config},
             "cold": cold, "warm_total_s": statistics.median(totals),
             "warm_stages_s": warm_stages, "repeats": repeats}
 
@@ -104,32 +119,36 @@ def openl3_hops(song: Path, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--demo-dir", default="demo_out", help="output of `helpers demo`")
+    parser.add_argument("--demo-dir", type=Path, default=None,
+                        help=f"a demo folder made by this script (default {DEMO}, remade when "
+                        "its settings differ)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--openl3-repeats", type=int, default=1,
                         help="repeats per OpenL3 hop (hop 0.1 s takes minutes on a CPU)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
+    demo_dir = args.demo_dir or DEMO
+    demo_used = demo(demo_dir, owned=args.demo_dir is None)
     with tempfile.TemporaryDirectory() as tmp:
         song = _song(Path(tmp) / "song.wav")
-        pipeline = pipeline_latency(Path(args.demo_dir), song, args.repeats)
+        pipeline = pipeline_latency(demo_dir, song, args.repeats)
         hops = openl3_hops(song, args.openl3_repeats)
     others = sum(v for k, v in pipeline["warm_stages_s"].items() if k != "embedding")
     fitting = [r for r in hops["rows"] if others + r["seconds"] <= BUDGET_S]
     chosen = min(fitting, key=lambda r: r["hop_s"])["hop_s"] if fitting else None
     result = {
         "data": "a 30 s song from the synthetic demo generator (helpers.synth)",
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "load_average": os.getloadavg()},
+        "machine": {"threads": torch.get_num_threads()},  # the rest is in `provenance`
+        "demo": {"folder": str(demo_dir), **demo_used},
         "pipeline": pipeline,
         "warm_without_embedding_s": others,
         "openl3_hops": hops,
         "budget_s": BUDGET_S,
         "chosen_openl3_query_hop_s": chosen,
     }
-    write_json(args.out, result)
+    write_result(args.out, result, vars(args) | {"demo_dir": str(demo_dir),
+                                                 "demo_settings": DEMO_SETTINGS})
     print(f"warm total {pipeline['warm_total_s']:.3f} s ({pipeline['embedder']} embedder); "
           f"without embedding {others:.3f} s; OpenL3 hop chosen: {chosen}")
     return 0

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -38,11 +37,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import sklearn
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
-from helpers.io import write_json
+from benchmarks.provenance import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results" / "index.json"
 DIM = 512
@@ -223,15 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "index",
         "k": K,
         "batch": BATCH,
-        "settings": vars(args) | {"out": str(args.out)},
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "faiss": faiss.__version__,
-            "sklearn": sklearn.__version__,
+        "machine": {  # the CPU, versions and settings are in `provenance`
             "threads": args.threads,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
@@ -247,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "a load average above cpu_count means other processes shared the cores",
         ],
     })
-    write_json(args.out, report)
+    report = write_result(args.out, report, vars(args))
     print(f"wrote {args.out} in {report['total_s']:.0f} s")
     return 0
 

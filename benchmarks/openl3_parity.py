@@ -12,14 +12,15 @@ this script records the numbers for the report::
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
+from benchmarks.provenance import write_result
 from helpers import openl3
-from helpers.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "openl3_reference"
@@ -55,6 +56,9 @@ def measure(reference_dir: Path = REFERENCE) -> dict:
     for name, fuse in (("unfused", False), ("fused", True)):
         m = openl3.load_audio_embedding_model("mel128", "music", 512, weights=h5, fuse_bn=fuse)
         emb, _ = openl3.get_audio_embedding(audio, sr, m, hop_size=0.1, batch_size=32)
+        # The layout the loader chose (channels-last on CPU) is part of what was checked.
+        out[f"check4_{name}_channels_last"] = m.conv1_2.weight.is_contiguous(
+            memory_format=torch.channels_last)
         out[f"check4_{name}_rel_l2_max"] = float(_rel_l2(emb, ref["embedding"]).max())
         out[f"check4_{name}_mean_abs"] = float(np.abs(emb - ref["embedding"]).mean())
     out["limits"] = {"check1_audio_48k_max_abs": 1e-6,
@@ -66,14 +70,24 @@ def measure(reference_dir: Path = REFERENCE) -> dict:
     return out
 
 
+def fixture_hashes(reference_dir: Path = REFERENCE) -> dict[str, str]:
+    """SHA-256 of each fixture file: the numbers belong to these exact files."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(reference_dir.iterdir()) if p.is_file()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference", type=Path, default=REFERENCE,
+                        help="the openl3_reference fixture folder")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    result = measure()
-    write_json(args.out, result)
+    result = measure(args.reference)
+    config = {"reference_dir": str(args.reference), "fixture_sha256": fixture_hashes(
+        args.reference), "model": "mel128/music/512", "hop_size": 0.1, "batch_size": 32}
+    write_result(args.out, result, config)
     for key, value in result.items():
-        if key.startswith("check"):
+        if key.startswith("check") and not isinstance(value, bool):
             print(f"{key:40s} {value:.3g}")
     return 0
 

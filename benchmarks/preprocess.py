@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -45,14 +44,18 @@ import pandas as pd
 import soundfile as sf
 from threadpoolctl import threadpool_limits
 
-from helpers.audio import fit_length, load_clip, mel_db, read_audio, resample
-from helpers.config import FrontEndConfig
-from helpers.io import write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-try:
-    from benchmarks.real_audio import DEFAULT_OUT, DEFAULT_PACKAGES, fetch_real_audio
-except ModuleNotFoundError:  # run as a file: python benchmarks/preprocess.py
-    from real_audio import DEFAULT_OUT, DEFAULT_PACKAGES, fetch_real_audio
+from benchmarks.provenance import prepare, write_result  # noqa: E402
+from benchmarks.real_audio import (  # noqa: E402
+    DEFAULT_OUT,
+    DEFAULT_PACKAGES,
+    fetch_real_audio,
+    package_versions,
+)
+from helpers.audio import fit_length, load_clip, mel_db, read_audio, resample  # noqa: E402
+from helpers.config import FrontEndConfig  # noqa: E402
+from helpers.io import atomic_path  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "preprocess.json"
 FORMATS = ("ogg", "mp3", "wav")
@@ -60,28 +63,43 @@ MP3_LEVEL = (320 - 192) / (320 - 32)  # libsndfile's level for ~192 kbit/s (MPEG
 SONICS_CLIPS = 97_000  # size of the SONICS corpus the cache has to hold
 
 
-def make_copies(songs: pd.DataFrame, copies_dir: Path) -> pd.DataFrame:
-    """MP3 and WAV copies of each song (skipped when present); one row per (song, format)."""
-    rows = []
-    for song in songs.itertuples():
-        stem = song.track_id.replace("/", "__").replace(" ", "_")
-        rows.append({"format": "ogg", "track_id": song.track_id, "path": song.path,
-                     "seconds": song.seconds})
-        for fmt in ("mp3", "wav"):
-            target = copies_dir / fmt / f"{stem}.{fmt}"
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                y, sr = sf.read(song.path, dtype="float32")
-                tmp = target.with_name(f".{target.name}")
-                if fmt == "mp3":
-                    sf.write(tmp, y, sr, format="MP3", compression_level=MP3_LEVEL,
-                             bitrate_mode="CONSTANT")
-                else:
-                    sf.write(tmp, y, sr, format="WAV", subtype="PCM_16")
-                tmp.replace(target)
-            rows.append({"format": fmt, "track_id": song.track_id, "path": str(target),
-                         "seconds": song.seconds})
-    return pd.DataFrame(rows)
+#: How each copy format is written; part of the copies' fingerprint.
+COPY_SETTINGS = {
+    "mp3": {"format": "MP3", "compression_level": MP3_LEVEL, "bitrate_mode": "CONSTANT"},
+    "wav": {"format": "WAV", "subtype": "PCM_16"},
+}
+
+
+def _write_copy(source: str, target: Path, fmt: str) -> None:
+    y, sr = sf.read(source, dtype="float32")
+    with atomic_path(target, suffix=f".{fmt}") as tmp:
+        sf.write(tmp, y, sr, **COPY_SETTINGS[fmt])
+
+
+def make_copies(songs: pd.DataFrame, copies_dir: Path, sources: dict[str, str]) -> dict:
+    """MP3 and WAV copies of each song; one row per (song, format) and the copies' stamps.
+
+    A copy folder is reused only if its fingerprint (the write settings, the song list and
+    the .deb files the songs came from, `sources`) matches; otherwise it is made again.
+    """
+    rows = [{"format": "ogg", "track_id": s.track_id, "path": s.path, "seconds": s.seconds}
+            for s in songs.itertuples()]
+    stamps = {}
+    for fmt in ("mp3", "wav"):
+        folder = copies_dir / fmt
+        targets = {s.track_id: folder / (s.track_id.replace("/", "__").replace(" ", "_")
+                                         + f".{fmt}") for s in songs.itertuples()}
+
+        def build(folder: Path = folder, targets: dict = targets, fmt: str = fmt) -> None:
+            folder.mkdir(parents=True)
+            for song in songs.itertuples():
+                _write_copy(song.path, targets[song.track_id], fmt)
+
+        settings = {"write": COPY_SETTINGS[fmt], "songs": sorted(targets), "sources": sources}
+        stamps[fmt] = prepare(folder, settings, build)
+        rows += [{"format": fmt, "track_id": s.track_id, "path": str(targets[s.track_id]),
+                  "seconds": s.seconds} for s in songs.itertuples()]
+    return {"files": pd.DataFrame(rows), "stamps": stamps}
 
 
 def ours(path: str, config: FrontEndConfig) -> np.ndarray:
@@ -232,19 +250,8 @@ def summarise(times: pd.DataFrame, config: FrontEndConfig) -> dict:
 
 
 def machine_info() -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "librosa": librosa.__version__,
-        "soundfile": sf.__version__,
-        "libsndfile": sf.__libsndfile_version__,
-        "soxr": __import__("soxr").__version__,
-        "pandas": pd.__version__,
-    }
+    """What `provenance` does not record: the C library that decodes every format here."""
+    return {"libsndfile": sf.__libsndfile_version__}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     all_songs = manifest.sort_values("seconds", ascending=False)
     songs = all_songs.head(args.songs)
     print(f"{len(songs)} songs, {songs.seconds.min():.0f}-{songs.seconds.max():.0f} s; "
-          "making MP3/WAV copies (once)", flush=True)
-    files = make_copies(songs, args.audio / "copies")
+          "making MP3/WAV copies (once per song list and settings)", flush=True)
+    sources = package_versions(args.audio, DEFAULT_PACKAGES)
+    copies = make_copies(songs, args.audio / "copies", sources)
+    files = copies["files"]
 
     for name in PIPELINES:  # warm-up: librosa's lazy imports, soxr plans, page cache
         for path in files.groupby("format")["path"].first():
@@ -295,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                   "minutes_total": round(float(songs["seconds"].sum()) / 60, 1),
                   "source": "benchmarks/real_audio.py (Debian game soundtracks)",
                   "mp3_copies": "soundfile/LAME, ~192 kbit/s CBR, source rate and channels",
-                  "wav_copies": "16-bit PCM, source rate and channels"},
+                  "wav_copies": "16-bit PCM, source rate and channels",
+                  "debian_packages": sources, "copies_used": copies["stamps"]},
         "per_format": summarise(times, config),
         "per_song": times.round(4).to_dict(orient="records"),
         "stage_breakdown_longest_song_s": {"seconds": float(songs.iloc[0].seconds),
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1_5_15_min": {"start": [round(v, 2) for v in load_before],
                                     "end": [round(v, 2) for v in os.getloadavg()]},
     }
-    write_json(args.out, results)
+    results = write_result(args.out, results, vars(args) | {"frontend": config.to_dict()})
     for fmt, entry in results["per_format"].items():
         print(f"{fmt}: ours {entry['ours']['x_realtime']}x realtime, baseline "
               f"{entry['baseline']['x_realtime']}x, speed-up {entry['speedup_total']}x "

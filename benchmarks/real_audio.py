@@ -8,7 +8,8 @@ script downloads the ``.deb`` packages with ``apt-get download`` (no install), u
     <out>/debs/<package>_<version>_all.deb     downloaded packages (kept, so re-runs skip them)
     <out>/unpacked/<package>/...               the unpacked package tree; each folder of
                                                tracks gets a copy of the package's licence
-                                               (usr/share/doc/<package>/copyright)
+                                               (usr/share/doc/<package>/copyright); reused
+                                               only if unpacked from the same .deb
     <out>/manifest.csv                         path,label,split,track_id,title,artist,genre,
                                                source (+ seconds: track length)
 
@@ -16,15 +17,17 @@ Every track is labelled ``human``. A package is one composer or small team, so `
 ``genre`` and ``source`` are all the package name, and the split is assigned per package (never
 one package on both sides), so a model scored on ``test`` is scored on an unseen "artist":
 
-* ``train``: extremetuxracer-data (10 tracks), widelands-data (31, only with --with-widelands)
-* ``val``:   lincity-ng-data (3 tracks)
-* ``test``:  xmoto-data (7 tracks)
+* ``train``: extremetuxracer-data, widelands-data (only with --with-widelands)
+* ``val``:   lincity-ng-data
+* ``test``:  xmoto-data
+
+(``main`` prints the tracks and minutes per package; the benchmarks record what they used.)
 
 Other packages get a split from a hash of their name. The audio is not committed (the default
 ``--out`` is git-ignored); this script rebuilds it. Run::
 
-    python benchmarks/real_audio.py                      # ~120 MB download
-    python benchmarks/real_audio.py --with-widelands     # + 381 MB
+    python -m benchmarks.real_audio
+    python -m benchmarks.real_audio --with-widelands
 
 Other benchmarks call `fetch_real_audio` directly.
 """
@@ -41,8 +44,11 @@ from pathlib import Path
 import pandas as pd
 import soundfile as sf
 
-from helpers.datasets import MANIFEST_COLUMNS
-from helpers.io import write_csv
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from benchmarks.provenance import prepare  # noqa: E402
+from helpers.datasets import MANIFEST_COLUMNS  # noqa: E402
+from helpers.io import write_csv  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "_work" / "real_audio"
 DEFAULT_PACKAGES = ("xmoto-data", "extremetuxracer-data", "lincity-ng-data")
@@ -55,7 +61,6 @@ PACKAGE_SPLITS = {
     "lincity-ng-data": "val",
     "xmoto-data": "test",
 }
-
 
 
 class FetchError(RuntimeError):
@@ -90,16 +95,21 @@ def _download(package: str, debs: Path) -> Path:
     return found[-1]
 
 
-def _unpack(deb: Path, target: Path) -> None:
-    """``dpkg -x`` into `target`, unless a previous run finished unpacking it."""
-    done = target / ".unpacked"
-    if done.exists():
-        return
-    if target.exists():
-        shutil.rmtree(target)  # a half-unpacked tree from an interrupted run
-    target.mkdir(parents=True)
-    _run(["dpkg", "-x", str(deb), str(target)])
-    done.write_text(deb.name + "\n")
+def _unpack(deb: Path, target: Path) -> dict:
+    """``dpkg -x`` into `target`, unless a finished unpack of this very .deb is there."""
+    def build() -> None:
+        target.mkdir(parents=True)
+        _run(["dpkg", "-x", str(deb), str(target)])
+
+    # The .deb's name carries its version; its size guards against a re-download in place.
+    return prepare(target, {"deb": deb.name, "bytes": deb.stat().st_size}, build)
+
+
+def package_versions(out_dir: str | Path, packages: Sequence[str]) -> dict[str, str]:
+    """The .deb file (name_version_arch) each package was unpacked from, for results files."""
+    debs = Path(out_dir) / "debs"
+    return {p: (sorted(debs.glob(f"{p}_*.deb")) or [Path("missing")])[-1].name
+            for p in packages}
 
 
 def _split_of(package: str) -> str:

@@ -7,9 +7,12 @@ Every table in ``report/report.md`` is generated here from JSON that repository 
 * ``benchmarks/results/*.json``: the benchmark scripts' outputs.
 
 ``report/template.md`` holds the prose with ``{{name}}`` placeholders; each placeholder is
-replaced by the table `TABLES[name]` makes, or by a line saying which results file is missing.
-Figures are regenerated into ``figures/`` from the demo run. Re-running on SONICS results (from
-Colab) refreshes the numbers the same way.
+replaced by the table (or the inline number) `TABLES[name]` makes from those files, or by a
+line saying which results file is missing, so no measured number is typed into the prose. Each
+benchmark table names its file and the commit and date the file records. Without
+``--demo-dir`` nothing but those files is read. With it, the demo run's results are copied in
+first and the figures are regenerated into ``figures/`` from it. Re-running on SONICS results
+(from Colab) refreshes the numbers the same way.
 """
 
 from __future__ import annotations
@@ -17,11 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a file from a checkout: `benchmarks` is not installed
+
+from benchmarks.run_all import fixed_runs, run_of  # noqa: E402
+from helpers.io import write_bytes, write_text  # noqa: E402
+
 RESULTS = ROOT / "report" / "results"
 BENCH = ROOT / "benchmarks" / "results"
 FIGURES = ROOT / "figures"
@@ -49,16 +57,24 @@ def _missing(name: str) -> str:
     return f"*Not measured yet: `{name}` is missing; run the script that writes it.*"
 
 
+def _source(name: str, m: dict) -> str:
+    """Which file a table comes from, and the commit and date that file records."""
+    return f"*Source: `benchmarks/results/{name}` (run {run_of(m)}).*\n\n"
+
+
+def _copy(src: Path, dst: Path) -> None:
+    write_bytes(dst, src.read_bytes())
+
+
 def snapshot_demo(demo_dir: Path) -> None:
     """Copy a demo run's results into report/results and its figures into figures/."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     FIGURES.mkdir(exist_ok=True)
-    shutil.copy(demo_dir / "metrics.json", RESULTS / "demo_metrics.json")
-    shutil.copy(demo_dir / "run" / "eval_test" / "metrics.json",
-                RESULTS / "demo_classifier_test.json")
-    shutil.copy(demo_dir / "recommendations.json", RESULTS / "demo_recommendations.json")
+    _copy(demo_dir / "metrics.json", RESULTS / "demo_metrics.json")
+    _copy(demo_dir / "run" / "eval_test" / "metrics.json", RESULTS / "demo_classifier_test.json")
+    _copy(demo_dir / "recommendations.json", RESULTS / "demo_recommendations.json")
     for png in (demo_dir / "run" / "eval_test" / "figures").glob("*.png"):
-        shutil.copy(png, FIGURES / f"demo_{png.name}")
+        _copy(png, FIGURES / f"demo_{png.name}")
     _embedding_figures(demo_dir)
 
 
@@ -143,7 +159,7 @@ def t_openl3_parity() -> str:
          lim["check4_mean_abs"]],
     ]
     rows = [[name, f"{got:.2e}", f"{limit:g}"] for name, got, limit in rows]
-    return _table(["check", "measured", "limit"], rows)
+    return _source("openl3_parity.json", m) + _table(["check", "measured", "limit"], rows)
 
 
 def t_real_detection() -> str:
@@ -152,9 +168,9 @@ def t_real_detection() -> str:
                         ("real_detection_widelands.json",
                          "Two training composers (+ widelands, 3 excerpts per track)")):
         m = _load(BENCH / name)
-        parts.append(f"**{title}** (`benchmarks/results/{name}`).\n\n"
+        parts.append(f"**{title}**.\n\n"
                      + (_missing(f"benchmarks/results/{name}") if m is None
-                        else _real_detection_table(m)))
+                        else _source(name, m) + _real_detection_table(m)))
     return "\n\n".join(parts)
 
 
@@ -165,14 +181,18 @@ def _real_detection_table(m: dict) -> str:
         f"of {m['data']['excerpt_seconds']:.0f} s)" for name, v in splits.items())
         + f". Design: {m['data']['design']}. Target test ROC-AUC {m['target_test_roc_auc']}."
         "\n\n")
-    rows = []
+    rows, notes = [], set()
     for variant, v in m["variants"].items():
-        for attempt in v["attempts"]:
-            t = attempt["test"]
-            rows.append([variant, attempt["reason"], attempt["epochs_run"], t["roc_auc"],
-                         t.get("paired_accuracy"), t["fpr_on_human"], t["accuracy"]])
-    return head + _table(["round trip", "attempt", "epochs", "test ROC-AUC",
-                          "pairs ranked right", "FPR on human", "accuracy"], rows)
+        runs, note = fixed_runs(v)
+        notes |= {note} - {""}
+        for run in runs:
+            t = run["test"]
+            rows.append([variant, run.get("seed", run.get("train_config", {}).get("seed")),
+                         run["epochs_run"], t["roc_auc"], t.get("paired_accuracy"),
+                         t["fpr_on_human"], t["accuracy"]])
+    tail = "".join(f"\n\n*Note: {n}.*" for n in sorted(notes))
+    return head + _table(["round trip", "seed", "epochs", "test ROC-AUC",
+                          "pairs ranked right", "FPR on human", "accuracy"], rows) + tail
 
 
 def _perturbation_table(m: dict) -> str:
@@ -193,7 +213,8 @@ def t_real_robustness() -> str:
     m = _load(BENCH / "real_robustness.json")
     if m is None:
         return _missing("benchmarks/results/real_robustness.json")
-    return (f"Test split of {m['data']} (n = {m['n_test_clips']}); thresholds from "
+    return (_source("real_robustness.json", m)
+            + f"Test split of {m['data']} (n = {m['n_test_clips']}); thresholds from "
             "validation.\n\n" + _perturbation_table(m))
 
 
@@ -221,7 +242,8 @@ def t_robustness() -> str:
                        _fmt(c["probe"]["codec_control"]["p_value"])])
     first = next(iter(conf["by_source_bitrate"].values()))
     kbps = conf["control_frontend"]["codec_bitrate_kbps"]
-    return (f"Test split of the {m['data']} (n = {m['n_test_clips']}); thresholds from "
+    return (_source("robustness.json", m)
+            + f"Test split of the {m['data']} (n = {m['n_test_clips']}); thresholds from "
             "validation.\n\n"
             + _perturbation_table(m) + "\n\n"
             f"**Codec confound.** Two runs are trained on {conf['confounded_corpus']} (the "
@@ -260,7 +282,8 @@ def t_end_to_end() -> str:
     verdict = (f"The smallest hop within the {m['budget_s']:.0f} s budget is {chosen} s."
                if chosen else f"No hop fits the {m['budget_s']:.0f} s budget on this CPU: "
                "OpenL3 queries need a GPU, or the `features` embedder.")
-    return (f"`Analyzer.analyze` on one 30 s song ({m['data']}), {p['embedder']} embedder, "
+    return (_source("end_to_end.json", m)
+            + f"`Analyzer.analyze` on one 30 s song ({m['data']}), {p['embedder']} embedder, "
             f"models loaded in {p['cold']['load_models_s']:.2f} s; seconds per stage "
             "(cold = first call, warm = median of repeats):\n\n"
             + _table(["stage", "cold", "warm"], rows)
@@ -275,6 +298,23 @@ def t_benchmarks() -> str:
     return table.read_text() if table.exists() else _missing("benchmarks/results/TABLE.md")
 
 
+def v_cache_kb_per_clip() -> str:
+    m = _load(BENCH / "preprocess.json")
+    per_clip = (m or {}).get("parallel_cache_preprocess", {}).get("bytes_per_clip")
+    return (f"{per_clip / 1e3:.0f} kB per {m['config']['duration']:.0f} s clip, "
+            "`benchmarks/results/preprocess.json`" if per_clip
+            else _missing("benchmarks/results/preprocess.json"))
+
+
+def v_base_parameters() -> str:
+    m = _load(BENCH / "classifier_cpu.json")
+    row = next((r for r in (m or {}).get("results", [])
+                if r.get("preset") == "base" and r.get("model") == "spectttra"), None)
+    return (f"{row['n_parameters'] / 1e6:.1f} M parameters at {m['input']['seconds']:.0f} s, "
+            "`benchmarks/results/classifier_cpu.json`" if row
+            else _missing("benchmarks/results/classifier_cpu.json"))
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "demo_classifier": t_demo_classifier,
     "demo_retrieval": t_demo_retrieval,
@@ -285,6 +325,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "real_robustness": t_real_robustness,
     "end_to_end": t_end_to_end,
     "benchmarks": t_benchmarks,
+    "cache_kb_per_clip": v_cache_kb_per_clip,
+    "base_parameters": v_base_parameters,
 }
 
 
@@ -309,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render((ROOT / "report" / "template.md").read_text())
     header = ("<!-- Generated by report/build.py from report/template.md and the results "
               "files; edit those, not this file. -->\n\n")
-    (ROOT / "report" / "report.md").write_text(header + text)
+    write_text(ROOT / "report" / "report.md", header + text)
     print(f"wrote {ROOT / 'report' / 'report.md'}")
     return 0
 
