@@ -36,10 +36,19 @@ from typing import Any
 
 import librosa
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from helpers.audio import read_audio, resample
+from helpers.audio import fit_length, load_clip, mel_db, read_audio, resample
+from helpers.config import FrontEndConfig
 from helpers.io import json_default
+from helpers.openl3 import (
+    get_audio_embedding,
+    load_audio_embedding_model,
+    weights_available,
+    weights_path,
+)
+from helpers.run import load_run
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +75,12 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (x / np.maximum(norm, eps)).astype(np.float32, copy=False)
 
 
-def _canonical(data: Any) -> Any:
-    """JSON round trip, so configs compare equal before and after being stored."""
+def canonical_config(data: Any) -> Any:
+    """`data` after a JSON round trip, so configs compare equal before and after being stored.
+
+    Tuples become lists, numpy values plain numbers and dict keys strings; an index compares
+    the config it stored with an embedder's `Embedder.config` in this form.
+    """
     return json.loads(json.dumps(data, sort_keys=True, default=json_default))
 
 
@@ -146,7 +159,7 @@ class Embedder:
 
         Two embedders give comparable vectors exactly when their configs are equal.
         """
-        return _canonical({"name": self.name, "dim": int(self.dim), "params": self.params(),
+        return canonical_config({"name": self.name, "dim": int(self.dim), "params": self.params(),
                            "state": self.get_state()})
 
     def embed_raw_file(self, path: str | os.PathLike) -> np.ndarray:
@@ -297,16 +310,12 @@ class OpenL3Embedder(Embedder):
     def model(self):
         """The network, loaded on first use (weights are never downloaded here)."""
         if self._model is None:
-            from helpers.openl3 import load_audio_embedding_model
-
             self._model = load_audio_embedding_model(
                 self.input_repr, self.content_type, self.embedding_size, weights=self.weights,
                 device=self.device, cache_dir=self.cache_dir, download=False)
         return self._model
 
     def embed_raw_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
-        from helpers.openl3 import get_audio_embedding
-
         frames, _ = get_audio_embedding(y, sr, self.model, hop_size=self.hop_size, center=True,
                                         batch_size=self.batch_size)  # (n_frames, dim)
         return frames.mean(axis=0).astype(np.float32)
@@ -466,9 +475,6 @@ class ClassifierEmbedder(Embedder):
     name = "classifier"
 
     def __init__(self, run_dir: str | os.PathLike, device: str | None = None) -> None:
-        from helpers.config import FrontEndConfig
-        from helpers.run import load_run
-
         self.run_dir = Path(run_dir)
         self.device = device
         self.model, self.run_info = load_run(self.run_dir)
@@ -477,9 +483,6 @@ class ClassifierEmbedder(Embedder):
             raise ValueError(f"{self.run_dir}: run info has no 'frontend' settings")
         self.frontend = FrontEndConfig.from_dict(frontend)
         self.max_seconds = self.frontend.duration
-        import torch
-
-        self._torch = torch
         self.model = self.model.to(device or "cpu").eval()
         with torch.no_grad():
             probe = torch.zeros(1, self.frontend.n_mels, self.frontend.n_frames,
@@ -495,20 +498,16 @@ class ClassifierEmbedder(Embedder):
         }
 
     def embed_raw_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
-        from helpers.audio import fit_length, mel_db
-
         f = self.frontend
         clip = fit_length(resample(y, int(sr), f.sample_rate), f.n_samples, f.pad_mode)
-        mel = self._torch.from_numpy(mel_db(clip, f))[None].to(self.device or "cpu")
-        with self._torch.no_grad():
+        mel = torch.from_numpy(mel_db(clip, f))[None].to(self.device or "cpu")
+        with torch.no_grad():
             return self.model.embed(mel)[0].float().cpu().numpy()  # (dim,)
 
     def embed_raw_file(self, path: str | os.PathLike) -> np.ndarray:
-        from helpers.audio import load_clip, mel_db
-
         # the run's own front end (codec round trip, padding, silence checks included)
-        mel = self._torch.from_numpy(mel_db(load_clip(path, self.frontend), self.frontend))
-        with self._torch.no_grad():
+        mel = torch.from_numpy(mel_db(load_clip(path, self.frontend), self.frontend))
+        with torch.no_grad():
             out = self.model.embed(mel[None].to(self.device or "cpu"))  # (1, dim)
         return out[0].float().cpu().numpy().astype(np.float32)
 
@@ -587,7 +586,7 @@ def embedder_from_config(config: dict[str, Any], **overrides: Any) -> Embedder:
     else:
         raise ValueError(f"unknown embedder {name!r} in index config")
     embedder = make_embedder(name, **kwargs).set_state(config.get("state"))
-    if embedder.config() != _canonical(config):
+    if embedder.config() != canonical_config(config):
         raise ValueError(f"rebuilt {name!r} embedder does not match the index: "
                          f"{describe_config_difference(config, embedder.config())}")
     return embedder
@@ -595,7 +594,7 @@ def embedder_from_config(config: dict[str, Any], **overrides: Any) -> Embedder:
 
 def describe_config_difference(expected: dict[str, Any], got: dict[str, Any]) -> str:
     """Human-readable list of the keys in which two embedder configs differ."""
-    expected, got = _canonical(expected), _canonical(got)
+    expected, got = canonical_config(expected), canonical_config(got)
     diffs = []
     for key in ("name", "dim"):
         if expected.get(key) != got.get(key):
@@ -627,8 +626,6 @@ def default_embedder(cache_dir: str | os.PathLike | None = None, **kwargs: Any) 
     Embedder
         The choice and its reason are logged at INFO level.
     """
-    from helpers.openl3 import weights_available, weights_path
-
     if weights_available("mel256", "music", cache_dir):
         log.info("embedder: openl3 (mel256/music/512 weights found in cache)")
         return OpenL3Embedder(cache_dir=cache_dir, **kwargs)

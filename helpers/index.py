@@ -1,31 +1,45 @@
 """Catalog index: cosine nearest neighbours over human tracks, stored in a folder.
 
-An index folder is self-describing:
+An index folder is self-describing::
 
-* ``vectors.npy`` -- ``(n, dim)`` float32, unit-norm rows: the source of truth;
-* ``catalog.csv`` -- one row per vector: track_id, path, title, artist, genre, source;
-* ``meta.json`` -- embedder config (name, params, fitted state), dim, count, index type, date;
-* ``index.faiss`` -- only for HNSW, a cache of the graph (rebuilt from the vectors when absent
-  or stale); the exact index is rebuilt on load, which costs one copy of the matrix;
-* ``failures.csv`` -- files the last build could not read, with the reason.
+    index/
+      meta.json          the commit record: embedder config (name, params, fitted state),
+                         dim, count, index type, date, and "data": the generation folder below
+      data-000003/       one generation of the index, never changed once meta.json names it
+        vectors.npy      (n, dim) float32, unit-norm rows: the source of truth
+        catalog.csv      one row per vector: track_id, path, title, artist, genre, source
+        index.faiss      only for HNSW: a cache of the graph (rebuilt when absent or stale)
+      failures.csv       files the last build could not read, with the reason
+      partial/           raw vectors of a build in progress (removed when it is committed)
+      index.lock         held by a running build, so that two builds never interleave
 
-Every file is written atomically (`helpers.io`), ``meta.json`` last, and
-loading checks that the files agree. Search is FAISS inner product on unit vectors, i.e.
-cosine similarity: exact (``IndexFlatIP``) by default, or HNSW (``IndexHNSWFlat`` with
-``METRIC_INNER_PRODUCT``) for catalogs of hundreds of thousands of tracks.
+Saving writes a whole new generation folder, then replaces ``meta.json`` (one atomic rename,
+`helpers.io`), then deletes the previous generation. A process killed at any point therefore
+leaves either the old index or the new one, never files that disagree; the checkpoints in
+``partial/`` survive until the commit, so re-running the build embeds nothing twice. Folders
+written before generations existed (format 1: the three files next to ``meta.json``) still
+load, and are converted on their next save.
+
+Search is FAISS inner product on unit vectors, i.e. cosine similarity: exact
+(``IndexFlatIP``) by default, or HNSW (``IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``) for
+catalogs of hundreds of thousands of tracks.
 
 `build_index` embeds a manifest's human tracks with a progress bar, checkpointing raw vectors
 in ``partial/`` every few files so that a killed build resumes where it stopped; re-running it
-on a bigger manifest embeds only the new paths.
+on a bigger manifest embeds only the new paths. It holds ``index.lock`` from the first read to
+the commit, so two builds adding to one folder at the same time run one after the other and
+keep every row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,16 +51,24 @@ from tqdm import tqdm
 
 from helpers.embed import (
     Embedder,
-    _canonical,
+    canonical_config,
     describe_config_difference,
     embedder_from_config,
     l2_normalise,
 )
 from helpers.io import atomic_path, read_json, write_bytes, write_csv, write_json, write_npy
 
+if os.name == "posix":
+    import fcntl
+else:  # Windows
+    import msvcrt
+
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: files beside meta.json; 2: generation folders named by meta.json
+LOCK_NAME = "index.lock"
+DATA_FILES = ("vectors.npy", "catalog.csv", "index.faiss")
+_GENERATION = re.compile(r"data-(\d{6})")
 CATALOG_COLUMNS = ("track_id", "path", "title", "artist", "genre", "source")
 INDEX_TYPES = ("flat", "hnsw")
 RESULT_COLUMNS = ("rank", "track_id", "similarity", "title", "artist", "genre", "path")
@@ -109,7 +131,7 @@ class CatalogIndex:
             raise ValueError(f"vectors must be (n, dim), got shape {vectors.shape}")
         if len(catalog) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(catalog)} catalog rows")
-        self.embedder_config = _canonical(embedder_config)
+        self.embedder_config = canonical_config(embedder_config)
         if "dim" in self.embedder_config and self.embedder_config["dim"] != vectors.shape[1]:
             raise ValueError(f"vectors have dim {vectors.shape[1]}, the embedder "
                              f"{self.embedder_config['dim']}")
@@ -247,37 +269,48 @@ class CatalogIndex:
             raise ValueError(f"query vectors have dim {q.shape[1]}, the index {self.dim}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        n_q = len(q)
-        excl_ids = list(exclude_track_ids) if exclude_track_ids is not None else [None] * n_q
-        excl_paths = list(exclude_paths) if exclude_paths is not None else [None] * n_q
-        if len(excl_ids) != n_q or len(excl_paths) != n_q:
+        drop = self._excluded_rows(len(q), exclude_track_ids, exclude_paths)
+        # Track ids and paths are unique in a catalog, so at most two rows per query are
+        # dropped, and asking FAISS for k + 2 is enough.
+        k_search = min(len(self), k + max((len(d) for d in drop), default=0))
+        if k_search == 0:
+            return [pd.DataFrame(columns=list(RESULT_COLUMNS)) for _ in range(len(q))]
+        sims, idx = self.faiss_index.search(q, k_search)  # (n_queries, k_search) each
+        return [self._result_frame(idx[i], sims[i], drop[i], k) for i in range(len(q))]
+
+    def _excluded_rows(
+        self,
+        n_queries: int,
+        exclude_track_ids: Sequence[str | None] | None,
+        exclude_paths: Sequence[str | os.PathLike | None] | None,
+    ) -> list[set[int]]:
+        """Catalog rows never to return, one set per query."""
+        ids = list(exclude_track_ids) if exclude_track_ids is not None else [None] * n_queries
+        paths = list(exclude_paths) if exclude_paths is not None else [None] * n_queries
+        if len(ids) != n_queries or len(paths) != n_queries:
             raise ValueError("exclude_track_ids / exclude_paths need one entry per query")
-        # Catalog rows to drop per query; track ids and paths are unique in a catalog, so at
-        # most two rows per query are dropped, and asking FAISS for k + 2 is enough.
         id_to_row = dict(zip(self.catalog["track_id"], range(len(self))))
         path_to_row = dict(zip(self.catalog["path"], range(len(self))))
         drop = []
-        for tid, path in zip(excl_ids, excl_paths):
+        for tid, path in zip(ids, paths):
             rows = set()
             if tid is not None and str(tid) in id_to_row:
                 rows.add(id_to_row[str(tid)])
             if path is not None and os.fspath(path) in path_to_row:
                 rows.add(path_to_row[os.fspath(path)])
             drop.append(rows)
-        k_search = min(len(self), k + max((len(d) for d in drop), default=0))
-        if k_search == 0:
-            return [pd.DataFrame(columns=list(RESULT_COLUMNS)) for _ in range(n_q)]
-        sims, idx = self.faiss_index.search(q, k_search)  # (n_queries, k_search) each
-        results = []
-        for i in range(n_q):
-            keep = [(j, s) for j, s in zip(idx[i], sims[i]) if j >= 0 and j not in drop[i]][:k]
-            rows = [int(j) for j, _ in keep]
-            frame = self.catalog.iloc[rows][["track_id", "title", "artist", "genre", "path"]]
-            frame = frame.reset_index(drop=True)
-            frame.insert(0, "rank", np.arange(1, len(rows) + 1))
-            frame.insert(2, "similarity", np.array([s for _, s in keep], dtype=np.float32))
-            results.append(frame[list(RESULT_COLUMNS)])
-        return results
+        return drop
+
+    def _result_frame(self, idx: np.ndarray, sims: np.ndarray, drop: set[int],
+                      k: int) -> pd.DataFrame:
+        """One query's FAISS hits ``(k_search,)`` as a result table, excluded rows left out."""
+        keep = [(j, s) for j, s in zip(idx, sims) if j >= 0 and j not in drop][:k]
+        rows = [int(j) for j, _ in keep]
+        frame = self.catalog.iloc[rows][["track_id", "title", "artist", "genre", "path"]]
+        frame = frame.reset_index(drop=True)
+        frame.insert(0, "rank", np.arange(1, len(rows) + 1))
+        frame.insert(2, "similarity", np.array([s for _, s in keep], dtype=np.float32))
+        return frame[list(RESULT_COLUMNS)]
 
     # -- growth --------------------------------------------------------------------------
     def add(self, vectors: np.ndarray, catalog_rows: pd.DataFrame) -> None:
@@ -306,7 +339,10 @@ class CatalogIndex:
 
     # -- storage -------------------------------------------------------------------------
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write the index folder (each file atomically, ``meta.json`` last).
+        """Write the index folder as one atomic commit (see the module docstring).
+
+        Waits for a build that holds the folder's lock. A process killed while saving leaves
+        the previous index (or none) loadable, never a mix.
 
         Returns
         -------
@@ -314,17 +350,28 @@ class CatalogIndex:
             The folder.
         """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_npy(out / "vectors.npy", self.vectors)
-        write_csv(out / "catalog.csv", self.catalog)
-        faiss_path = out / "index.faiss"
-        if self.index_type == "hnsw":
-            with atomic_path(faiss_path) as tmp:
-                faiss.write_index(self.faiss_index, str(tmp))
-        elif faiss_path.exists():
-            faiss_path.unlink()
-        write_json(out / "meta.json", self.meta)
+        with folder_lock(out):
+            self._commit(out)
         return out
+
+    def _commit(self, out: Path) -> None:
+        """Write a new generation, switch ``meta.json`` to it, drop the old ones.
+
+        The caller holds the folder lock, so no other writer is between these steps.
+        """
+        current = _committed_generation(out)
+        _remove_generations(out, keep=current)  # leftovers of a commit that was killed
+        name = f"data-{_generation_number(current) + 1:06d}"
+        data = out / name
+        write_npy(data / "vectors.npy", self.vectors)
+        write_csv(data / "catalog.csv", self.catalog)
+        if self.index_type == "hnsw":
+            with atomic_path(data / "index.faiss") as tmp:
+                faiss.write_index(self.faiss_index, str(tmp))
+        write_json(out / "meta.json", {**self.meta, "data": name})  # the commit
+        _remove_generations(out, keep=name)
+        for legacy in DATA_FILES:  # format 1 kept these beside meta.json
+            (out / legacy).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike, ef_search: int | None = None) -> CatalogIndex:
@@ -333,7 +380,7 @@ class CatalogIndex:
         Parameters
         ----------
         index_dir : path
-            A folder written by `save` / `build_index`.
+            A folder written by `save` / `build_index` (either storage format).
         ef_search : int, optional
             Override the stored HNSW ``efSearch``.
 
@@ -348,59 +395,206 @@ class CatalogIndex:
         d = Path(index_dir)
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: no such index folder (build it with build_index)")
-        for name in ("meta.json", "vectors.npy", "catalog.csv"):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d / name}: missing; the index is incomplete, "
-                                        "rebuild it with build_index")
-        meta = read_json(d / "meta.json")
-        for key in ("embedder", "dim", "count", "index_type"):
-            if key not in meta:
-                raise ValueError(f"{d / 'meta.json'}: no {key!r} entry; not an index meta file")
-        if meta.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{d / 'meta.json'}: format version {meta['version']} is newer "
-                             f"than this code ({FORMAT_VERSION}); update helpers")
-        try:
-            vectors = np.load(d / "vectors.npy", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{d / 'vectors.npy'}: damaged or truncated ({err}); rebuild the "
-                             "index") from err
-        try:
-            catalog = pd.read_csv(d / "catalog.csv", dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise ValueError(f"{d / 'catalog.csv'}: damaged ({err}); rebuild the index") from err
-        if vectors.ndim != 2 or vectors.dtype != np.float32:
-            raise ValueError(f"{d / 'vectors.npy'}: expected a 2-D float32 array, got "
-                             f"{vectors.dtype} {vectors.shape}")
-        if vectors.shape != (meta["count"], meta["dim"]):
-            raise ValueError(f"{d / 'vectors.npy'}: shape {vectors.shape} but meta.json says "
-                             f"({meta['count']}, {meta['dim']}); rebuild the index")
-        if len(catalog) != meta["count"]:
-            raise ValueError(f"{d / 'catalog.csv'}: {len(catalog)} rows but meta.json says "
-                             f"{meta['count']}; rebuild the index")
-        missing = set(CATALOG_COLUMNS) - set(catalog.columns)
-        if missing:
-            raise ValueError(f"{d / 'catalog.csv'}: missing columns {sorted(missing)}")
-        if not np.isfinite(vectors).all():
-            raise ValueError(f"{d / 'vectors.npy'}: holds NaN/Inf; rebuild the index")
-        hnsw = meta.get("hnsw", {})
-        index = cls(vectors, catalog, meta["embedder"], index_type=meta["index_type"],
-                    hnsw_m=hnsw.get("m", 32), ef_search=hnsw.get("ef_search", 64),
-                    ef_construction=hnsw.get("ef_construction", 80), created=meta.get("created"))
-        if index.index_type == "hnsw" and (d / "index.faiss").is_file():
+        for attempt in range(3):
+            meta = _read_meta(d)
             try:
-                cached = faiss.read_index(str(d / "index.faiss"))
-                if cached.ntotal == len(index) and cached.d == index.dim:
-                    index._faiss = cached
-                else:
-                    log.warning("%s is stale; rebuilding the HNSW graph", d / "index.faiss")
-            except RuntimeError as err:
-                log.warning("%s unreadable (%s); rebuilding the HNSW graph",
-                            d / "index.faiss", err)
+                index = cls._from_files(index_files(d, meta), meta)
+                break
+            except FileNotFoundError:
+                # A build may have committed a newer generation and deleted this one between
+                # our reading meta.json and the data files: read the new commit instead.
+                if attempt == 2 or (d / "meta.json").is_file() and _read_meta(d) == meta:
+                    raise
         if ef_search is not None:
             index.ef_search = int(ef_search)
         if index._faiss is not None and index.index_type == "hnsw":
             index._faiss.hnsw.efSearch = index.ef_search
         return index
+
+    @classmethod
+    def _from_files(cls, files: dict[str, Path], meta: dict[str, Any]) -> CatalogIndex:
+        """Build the index from one generation's files, checking them against `meta`."""
+        for key in ("vectors", "catalog"):
+            if not files[key].is_file():
+                raise FileNotFoundError(f"{files[key]}: missing; the index is incomplete, "
+                                        "rebuild it with build_index")
+        vectors = _read_vectors(files["vectors"], meta)
+        catalog = _read_catalog(files["catalog"], meta)
+        hnsw = meta.get("hnsw", {})
+        index = cls(vectors, catalog, meta["embedder"], index_type=meta["index_type"],
+                    hnsw_m=hnsw.get("m", 32), ef_search=hnsw.get("ef_search", 64),
+                    ef_construction=hnsw.get("ef_construction", 80), created=meta.get("created"))
+        if index.index_type == "hnsw" and files["graph"].is_file():
+            index._faiss = _read_cached_graph(files["graph"], index)
+        return index
+
+
+# ------------------------------------------------------------------------------------------
+# Storage: generations, the commit record, the folder lock
+# ------------------------------------------------------------------------------------------
+
+
+def index_files(index_dir: str | os.PathLike,
+                meta: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Paths of the files of the committed index in `index_dir`.
+
+    Parameters
+    ----------
+    index_dir : path
+        An index folder.
+    meta : dict, optional
+        Its ``meta.json``, when already read.
+
+    Returns
+    -------
+    dict
+        ``meta``, ``vectors``, ``catalog`` and ``graph`` (``index.faiss``, present for HNSW
+        only): the generation folder ``meta.json`` names, or the folder itself for format 1.
+    """
+    d = Path(index_dir)
+    meta = _read_meta(d) if meta is None else meta
+    data = d / meta["data"] if "data" in meta else d
+    return {"meta": d / "meta.json", "vectors": data / "vectors.npy",
+            "catalog": data / "catalog.csv", "graph": data / "index.faiss"}
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive lock of an index folder (created when missing); waits for it.
+
+    The lock is the OS's advisory lock on ``folder/index.lock``, released by the OS when the
+    holder dies, so a killed build never leaves the folder locked. File systems that refuse
+    locks (some network mounts) get a warning and no lock.
+
+    Yields
+    ------
+    Path
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+b") as handle:
+        locked = _lock(handle, folder)
+        try:
+            yield folder
+        finally:
+            if locked:
+                _unlock(handle)
+
+
+def _lock(handle: Any, folder: Path) -> bool:
+    """Lock `handle`'s file, waiting (with one log line) while another process holds it."""
+    try:
+        if os.name == "posix":
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s: another build holds %s; waiting for it", folder, LOCK_NAME)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        else:
+            while True:
+                try:  # LK_LOCK retries for 10 s, then raises: keep waiting
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    log.info("%s: another build holds %s; waiting for it", folder, LOCK_NAME)
+    except OSError as err:
+        log.warning("%s: cannot lock %s (%s); do not run two builds on it at once", folder,
+                    LOCK_NAME, err)
+        return False
+    return True
+
+
+def _unlock(handle: Any) -> None:
+    if os.name == "posix":
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    else:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+def _read_meta(d: Path) -> dict[str, Any]:
+    """``meta.json``, checked to be an index meta file this code can read."""
+    path = d / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the index is incomplete, rebuild it with "
+                                "build_index")
+    meta = read_json(path)
+    for key in ("embedder", "dim", "count", "index_type"):
+        if key not in meta:
+            raise ValueError(f"{path}: no {key!r} entry; not an index meta file")
+    if meta.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {meta['version']} is newer than this code "
+                         f"({FORMAT_VERSION}); update helpers")
+    if "data" in meta and not _GENERATION.fullmatch(str(meta["data"])):
+        raise ValueError(f"{path}: 'data' is {meta['data']!r}, not a generation folder name; "
+                         "rebuild the index")
+    return meta
+
+
+def _committed_generation(d: Path) -> str | None:
+    """The generation ``meta.json`` names; None for no index or a format-1 folder."""
+    if not (d / "meta.json").is_file():
+        return None
+    try:
+        return read_json(d / "meta.json").get("data")
+    except ValueError:  # a damaged record commits nothing; the new one replaces it
+        return None
+
+
+def _generation_number(name: str | None) -> int:
+    match = _GENERATION.fullmatch(name or "")
+    return int(match[1]) if match else 0
+
+
+def _remove_generations(d: Path, keep: str | None) -> None:
+    """Delete every generation folder but `keep` (old commits, or a killed commit's)."""
+    for folder in d.glob("data-*"):
+        if folder.name != keep and _GENERATION.fullmatch(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_vectors(path: Path, meta: dict[str, Any]) -> np.ndarray:
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: damaged or truncated ({err}); rebuild the index") from err
+    if vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise ValueError(f"{path}: expected a 2-D float32 array, got {vectors.dtype} "
+                         f"{vectors.shape}")
+    if vectors.shape != (meta["count"], meta["dim"]):
+        raise ValueError(f"{path}: shape {vectors.shape} but meta.json says "
+                         f"({meta['count']}, {meta['dim']}); rebuild the index")
+    if not np.isfinite(vectors).all():
+        raise ValueError(f"{path}: holds NaN/Inf; rebuild the index")
+    return vectors
+
+
+def _read_catalog(path: Path, meta: dict[str, Any]) -> pd.DataFrame:
+    try:
+        catalog = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: damaged ({err}); rebuild the index") from err
+    if len(catalog) != meta["count"]:
+        raise ValueError(f"{path}: {len(catalog)} rows but meta.json says {meta['count']}; "
+                         "rebuild the index")
+    missing = set(CATALOG_COLUMNS) - set(catalog.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    return catalog
+
+
+def _read_cached_graph(path: Path, index: CatalogIndex) -> faiss.Index | None:
+    """The stored HNSW graph if it fits `index`; None (rebuilt on first search) otherwise."""
+    try:
+        cached = faiss.read_index(str(path))
+    except RuntimeError as err:
+        log.warning("%s unreadable (%s); rebuilding the HNSW graph", path, err)
+        return None
+    if cached.ntotal == len(index) and cached.d == index.dim:
+        return cached
+    log.warning("%s is stale; rebuilding the HNSW graph", path)
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -426,7 +620,7 @@ class _Partial:
         if not self.folder.is_dir():
             return vectors, errors
         spec_path = self.folder / "embedder.json"
-        if spec_path.is_file() and read_json(spec_path) != _canonical(self.spec):
+        if spec_path.is_file() and read_json(spec_path) != canonical_config(self.spec):
             raise ValueError(
                 f"{self.folder}: a build with another embedder was interrupted here "
                 f"({describe_config_difference(read_json(spec_path), self.spec)}); delete the "
@@ -491,6 +685,8 @@ def build_index(
     out_dir : path
         Index folder. If it already holds an index, only paths not in it are embedded and
         appended (the embedder must match the index's; a fitted standardisation is kept).
+        The folder is locked for the whole build: a second build on it waits, then adds
+        what the first did not.
     embedder : Embedder
         E.g. ``make_embedder("features")``. An embedder that needs fitting is fitted on the
         catalog's raw vectors (in place, scikit-learn style) when the index is new.
@@ -519,26 +715,78 @@ def build_index(
         or no file could be embedded.
     """
     out = Path(out_dir)
-    if hnsw:
-        index_type = "hnsw"
+    rows = _catalog_rows(manifest_df, label)
+    with folder_lock(out):
+        return _build_locked(rows, out, embedder, checkpoint_every, progress,
+                             index_type="hnsw" if hnsw else index_type, hnsw_m=hnsw_m,
+                             ef_search=ef_search)
+
+
+def _build_locked(rows: pd.DataFrame, out: Path, embedder: Embedder, checkpoint_every: int,
+                  progress: bool, **index_kwargs: Any) -> CatalogIndex:
+    """`build_index` once the folder lock is held: embed what is missing, then commit."""
+    existing = CatalogIndex.load(out) if (out / "meta.json").is_file() else None
+    partial = _Partial(out / "partial", embedder)
+    if existing is not None:
+        embedder = existing.check_embedder(embedder)
+        rows = rows[~rows["path"].isin(existing.catalog["path"])
+                    & ~rows["track_id"].isin(existing.catalog["track_id"])]
+        if rows.empty:
+            # a build killed after its commit left these behind
+            partial.remove()
+            _remove_generations(out, keep=_committed_generation(out))
+            log.info("%s: all %d tracks already indexed", out, len(existing))
+            return existing
+    rows = rows.reset_index(drop=True)
+    done, failed = _embed_missing(rows, embedder, partial, checkpoint_every, progress)
+    new_rows = rows[rows["path"].isin(done.keys())].reset_index(drop=True)
+    new_raw = (np.stack([done[p] for p in new_rows["path"]]) if len(new_rows)
+               else np.zeros((0, embedder.dim), np.float32))
+    n_failed = _write_failures(out, rows, failed)
+    if existing is not None:
+        index = existing
+        if len(new_rows):
+            index.add(embedder.transform(new_raw), new_rows)
+    elif len(new_rows):
+        index = _new_index(embedder, new_raw, new_rows, **index_kwargs)
+    else:
+        raise ValueError(f"none of the {len(rows)} files could be embedded; see "
+                         f"{out / 'failures.csv'}")
+    index._commit(out)
+    partial.remove()  # only now: a kill before the commit keeps every embedded vector
+    log.info("%s: %d tracks indexed (%d new, %d failed)", out, len(index), len(new_rows),
+             n_failed)
+    return index
+
+
+def _new_index(embedder: Embedder, raw: np.ndarray, rows: pd.DataFrame,
+               **index_kwargs: Any) -> CatalogIndex:
+    """A new index of raw vectors, fitting the embedder on them first if it needs it."""
+    if embedder.needs_fit and not embedder.is_fitted:
+        embedder.fit(raw)
+    return CatalogIndex(embedder.transform(raw), rows, embedder.config(), **index_kwargs)
+
+
+def _catalog_rows(manifest_df: pd.DataFrame, label: str | None) -> pd.DataFrame:
+    """The manifest rows to index, as catalog columns, one per path."""
     rows = manifest_df
     if label is not None and "label" in rows.columns:
         rows = rows[rows["label"].astype(str) == label]
     rows = _catalog_frame(rows.reset_index(drop=True)).drop_duplicates("path")
     if rows.empty:
         raise ValueError(f"no rows with label {label!r} in the manifest to index")
+    return rows
 
-    existing = CatalogIndex.load(out) if (out / "meta.json").is_file() else None
-    if existing is not None:
-        embedder = existing.check_embedder(embedder)
-        rows = rows[~rows["path"].isin(set(existing.catalog["path"]))]
-        rows = rows[~rows["track_id"].isin(set(existing.catalog["track_id"]))]
-        if rows.empty:
-            log.info("%s: all %d tracks already indexed", out, len(existing))
-            return existing
-    rows = rows.reset_index(drop=True)
 
-    partial = _Partial(out / "partial", embedder)
+def _embed_missing(
+    rows: pd.DataFrame, embedder: Embedder, partial: _Partial, checkpoint_every: int,
+    progress: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Raw vectors of `rows`' paths (path -> vector) and errors (path -> message).
+
+    Paths in earlier runs' checkpoints are taken from them; the rest are embedded and
+    checkpointed every `checkpoint_every` files.
+    """
     done, failed = partial.load()
     todo = [p for p in rows["path"] if p not in done and p not in failed]
     if done or failed:
@@ -548,53 +796,31 @@ def build_index(
     ok_paths: list[str] = []
     raw: list[np.ndarray] = []
     errors: list[tuple[str, str]] = []
-    bar = tqdm(todo, desc=f"index ({embedder.name})", unit="file", disable=not progress)
-    for path in bar:
+    for i, path in enumerate(tqdm(todo, desc=f"index ({embedder.name})", unit="file",
+                                  disable=not progress)):
         try:
             raw.append(embedder.embed_raw_file(path))
             ok_paths.append(path)
         except (ValueError, OSError, RuntimeError, EOFError) as err:
             log.warning("skipping %s: %s", path, err)
             errors.append((path, str(err)))
-        if len(ok_paths) + len(errors) >= checkpoint_every:
+        if len(ok_paths) + len(errors) >= checkpoint_every or (i == len(todo) - 1):
             partial.write(number, ok_paths, raw, errors)
             done.update(zip(ok_paths, raw))
             failed.update(errors)
             number, ok_paths, raw, errors = number + 1, [], [], []
-    if ok_paths or errors:
-        partial.write(number, ok_paths, raw, errors)
-        done.update(zip(ok_paths, raw))
-        failed.update(errors)
+    return done, failed
 
-    keep = rows["path"].isin(done.keys()).to_numpy()
-    new_rows = rows[keep].reset_index(drop=True)
-    new_raw = (np.stack([done[p] for p in new_rows["path"]]) if len(new_rows)
-               else np.zeros((0, embedder.dim), np.float32))
+
+def _write_failures(out: Path, rows: pd.DataFrame, failed: dict[str, str]) -> int:
+    """Write ``failures.csv`` for `rows` (an empty table when all were read); the count."""
     failures = rows[rows["path"].isin(failed.keys())][["path", "track_id"]].copy()
     failures["error"] = [failed[p] for p in failures["path"]]
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "failures.csv", failures)
     if len(failures):
         log.warning("%d of %d files could not be embedded; see %s", len(failures), len(rows),
                     out / "failures.csv")
-
-    if existing is not None:
-        index = existing
-        if len(new_rows):
-            index.add(embedder.transform(new_raw), new_rows)
-    else:
-        if not len(new_rows):
-            raise ValueError(f"none of the {len(rows)} files could be embedded; see "
-                             f"{out / 'failures.csv'}")
-        if embedder.needs_fit and not embedder.is_fitted:
-            embedder.fit(new_raw)
-        index = CatalogIndex(embedder.transform(new_raw), new_rows, embedder.config(),
-                             index_type=index_type, hnsw_m=hnsw_m, ef_search=ef_search)
-    index.save(out)
-    partial.remove()
-    log.info("%s: %d tracks indexed (%d new, %d failed)", out, len(index), len(new_rows),
-             len(failures))
-    return index
+    return len(failures)
 
 
 def recommend(

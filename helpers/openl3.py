@@ -606,6 +606,7 @@ def load_audio_embedding_model(
 
 @lru_cache(maxsize=1)
 def _kaiser_best_022() -> tuple[np.ndarray, int, float]:
+    # imported here: resampy pulls in numba (seconds), needed only for non-48 kHz audio
     import resampy
     import scipy.signal
 

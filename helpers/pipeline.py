@@ -16,10 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from helpers.audio import AudioError, mel_db, prepare_clip, read_audio
 from helpers.config import FrontEndConfig
-from helpers.io import write_json
+from helpers.datasets import load_manifest
+from helpers.embed import default_embedder
+from helpers.evaluate import evaluate
+from helpers.index import CatalogIndex, build_index
+from helpers.io import read_json, write_json
+from helpers.retrieval import ai_query_precision, leave_one_out
+from helpers.run import load_run, predict_proba
+from helpers.synth import SynthConfig, make_corpus
+from helpers.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +66,6 @@ class Analyzer:
         device: str | None = None,
         embedder_overrides: dict[str, Any] | None = None,
     ) -> None:
-        from helpers.index import CatalogIndex
-        from helpers.run import load_run
-
         self.model, self.run_info = load_run(run, device=device)
         self.frontend = FrontEndConfig.from_dict(self.run_info["frontend"])
         self.index = CatalogIndex.load(index)
@@ -76,8 +82,6 @@ class Analyzer:
 
     def score_audio(self, y: np.ndarray, sr: int, name: str | os.PathLike = "<audio>") -> float:
         """Calibrated P(AI) of the first ``duration`` seconds of decoded audio."""
-        from helpers.run import predict_proba
-
         t0 = time.perf_counter()
         mel = mel_db(prepare_clip(y, sr, self.frontend, name=name), self.frontend)
         t0 = self._tick("front_end", t0)
@@ -90,29 +94,48 @@ class Analyzer:
         """P(AI) of sliding windows over a whole song.
 
         Windows are ``duration`` seconds long with a hop of half that (default); the last
-        one ends at the song's end so no part is left unscored.
+        one ends at the song's end so no part is left unscored. Windows the front end cannot
+        use (silent, e.g. a pause between tracks, or damaged) are skipped, counted and
+        logged; the song is an error only when no window is usable.
 
         Returns
         -------
         dict
-            ``starts`` (s), ``p_ai`` per window, ``max``, ``mean``, ``most_ai_segment``
-            ([start, end] in s of the window with the highest P(AI)).
-        """
-        from helpers.run import predict_proba
+            ``starts`` (s) and ``p_ai`` of the scored windows, ``max``, ``mean``,
+            ``most_ai_segment`` ([start, end] in s of the window with the highest P(AI)),
+            ``n_windows`` (all windows) and ``n_skipped`` (windows left out).
 
+        Raises
+        ------
+        AudioError
+            Not one window is usable (the message gives the first window's reason).
+        """
         width = int(self.frontend.duration * sr)
         hop = int((hop_seconds or self.frontend.duration / 2) * sr)
         starts = list(range(0, max(len(y) - width, 0) + 1, hop))
         if len(y) > width and starts[-1] + width < len(y):
             starts.append(len(y) - width)
-        mels = np.stack([mel_db(prepare_clip(y[s: s + width], sr, self.frontend, name=name),
-                                self.frontend) for s in starts])
-        p = predict_proba(self.model, self.run_info, mels)
+        mels, used, problems = [], [], []
+        for s in starts:
+            try:
+                mels.append(mel_db(prepare_clip(y[s: s + width], sr, self.frontend, name=name),
+                                   self.frontend))
+                used.append(s)
+            except AudioError as err:
+                problems.append(err)
+        if not used:
+            raise AudioError(name, f"no usable window: all {len(starts)} windows were "
+                             f"skipped (first: {problems[0].problem})")
+        if problems:
+            log.info("%s: skipped %d of %d windows (silent or unusable)", name, len(problems),
+                     len(starts))
+        p = predict_proba(self.model, self.run_info, np.stack(mels))
         best = int(np.argmax(p))
-        seconds = [s / sr for s in starts]
+        seconds = [s / sr for s in used]
         return {"starts": seconds, "p_ai": p.tolist(), "max": float(p.max()),
                 "mean": float(p.mean()),
-                "most_ai_segment": [seconds[best], seconds[best] + self.frontend.duration]}
+                "most_ai_segment": [seconds[best], seconds[best] + self.frontend.duration],
+                "n_windows": len(starts), "n_skipped": len(problems)}
 
     def analyze(self, audio: Audio, windows: bool = False) -> dict[str, Any]:
         """Analyse one song (a path or ``(samples, sr)``); see `analyze`."""
@@ -223,8 +246,11 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
                      f"{r['verdict']}")
         if "windows" in r:
             w = r["windows"]
+            skipped = (f" ({w['n_skipped']} of {w['n_windows']} windows skipped: silent or "
+                       "unusable)" if w.get("n_skipped") else "")
             lines.append(f"  windows: max {w['max']:.3f}, mean {w['mean']:.3f}, most AI-like "
-                         f"{w['most_ai_segment'][0]:.0f}-{w['most_ai_segment'][1]:.0f} s")
+                         f"{w['most_ai_segment'][0]:.0f}-{w['most_ai_segment'][1]:.0f} s"
+                         + skipped)
         if r["recommendations"]:
             lines.append("  similar human tracks:")
             lines.append(f"    {'#':>2}  {'similarity':>10}  {'artist':<22} {'genre':<12} title")
@@ -261,42 +287,16 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", seed: int = 0, k: int = 5,
     dict
         The summary also written to ``out_dir/metrics.json``.
     """
-    from helpers.datasets import load_manifest
-    from helpers.embed import default_embedder
-    from helpers.evaluate import evaluate
-    from helpers.index import CatalogIndex, build_index
-    from helpers.retrieval import ai_query_precision, leave_one_out
-    from helpers.synth import SynthConfig, make_corpus
-    from helpers.train import TrainConfig, train
-
     out = Path(out_dir)
     t_start = time.perf_counter()
     synth = SynthConfig(seed=seed)
     print(f"[1/5] demo corpus -> {out / 'corpus'}")
-    corpus = make_corpus(out / "corpus", synth, progress=progress)
-    manifest = load_manifest(corpus)
-
+    manifest = load_manifest(make_corpus(out / "corpus", synth, progress=progress))
     run_dir = out / "run"
     print(f"[2/5] training the tiny classifier -> {run_dir}")
-    if (run_dir / "run.json").exists():
-        print("      (finished run found, reused)")
-    else:
-        frontend = FrontEndConfig(duration=synth.duration)
-        train(manifest, run_dir, preset="tiny", train_config=TrainConfig(seed=seed),
-              cache_dir=out / "cache", resume=(run_dir / "last.pt").exists(),
-              progress=progress, frontend=frontend)
-
+    _demo_train(manifest, out, synth, seed, progress)
     print("[3/5] evaluating on the test split")
-    eval_dir = run_dir / "eval_test"
-    metrics_file = eval_dir / "metrics.json"
-    if metrics_file.exists():
-        from helpers.io import read_json
-
-        metrics = read_json(metrics_file)
-    else:
-        metrics = evaluate(run_dir, manifest, split="test", out_dir=eval_dir,
-                           cache_dir=out / "cache", progress=progress)
-
+    metrics = _demo_evaluate(manifest, out, progress)
     index_dir = out / "index"
     catalog = manifest[(manifest["label"] == "human") & (manifest["split"] != "test")]
     print(f"[4/5] human-track index of {len(catalog)} clips -> {index_dir}")
@@ -306,36 +306,70 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", seed: int = 0, k: int = 5,
         embedder = default_embedder()
         print(f"      embedder: {embedder.name}")
         index = build_index(catalog, index_dir, embedder, label="human", progress=progress)
-
     print("[5/5] classify, then recommend, for held-out clips")
     test = manifest[manifest["split"] == "test"]
-    queries = [*test[test["label"] == "ai"]["path"].head(n_queries),
-               *test[test["label"] == "human"]["path"].head(n_queries)]
-    analyzer = Analyzer(run_dir, index_dir, k=k)
-    results = analyzer.analyze_many(queries)
-    truth = dict(zip(test["path"], test["label"], strict=True))
-    genre = dict(zip(test["path"], test["genre"], strict=True))
-    for r in results:
-        r["true_label"], r["true_style"] = truth[r["input"]], genre[r["input"]]
+    results = _demo_queries(test, run_dir, index_dir, k, n_queries)
     print(format_results(results))
     write_json(out / "recommendations.json", results)
 
-    retrieval = {"all_neighbours": leave_one_out(index, k=k),
-                 "same_artist_excluded": leave_one_out(index, k=k, exclude_same_artist=True)}
-    ai_test = test[test["label"] == "ai"]
-    ai_queries = ai_query_precision(index, index.embedder(), ai_test, k=k)
     summary = {
         "data": "synthetic demo corpus (helpers.synth), not SONICS/GTZAN",
         "corpus": synth.to_dict(),
         "classifier_test": {key: metrics.get(key) for key in (
             "n", "roc_auc", "pr_auc", "accuracy", "f1", "sensitivity", "specificity",
             "threshold", "fpr_threshold", "ece", "temperature")},
-        "retrieval": {"embedder": index.embedder_config.get("name"),
-                      "style_loo": retrieval, "ai_query_style_precision": ai_queries},
+        "retrieval": _demo_retrieval(index, test[test["label"] == "ai"], k),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     write_json(out / "metrics.json", summary)
     print(f"\ndone in {summary['seconds']} s: test ROC-AUC "
-          f"{summary['classifier_test']['roc_auc']}, figures in {eval_dir}, "
+          f"{summary['classifier_test']['roc_auc']}, figures in {run_dir / 'eval_test'}, "
           f"results in {out / 'metrics.json'} and {out / 'recommendations.json'}")
     return summary
+
+
+def _demo_train(manifest: pd.DataFrame, out: Path, synth: SynthConfig, seed: int,
+                progress: bool) -> None:
+    """Train the demo's tiny classifier in ``out/run``, unless a finished run is there."""
+    run_dir = out / "run"
+    if (run_dir / "run.json").exists():
+        print("      (finished run found, reused)")
+        return
+    train(manifest, run_dir, preset="tiny", train_config=TrainConfig(seed=seed),
+          cache_dir=out / "cache", resume=(run_dir / "last.pt").exists(), progress=progress,
+          frontend=FrontEndConfig(duration=synth.duration))
+
+
+def _demo_evaluate(manifest: pd.DataFrame, out: Path, progress: bool) -> dict[str, Any]:
+    """Test-split metrics of the demo run (read back when already computed)."""
+    run_dir = out / "run"
+    eval_dir = run_dir / "eval_test"
+    if (eval_dir / "metrics.json").exists():
+        return read_json(eval_dir / "metrics.json")
+    return evaluate(run_dir, manifest, split="test", out_dir=eval_dir, cache_dir=out / "cache",
+                    progress=progress)
+
+
+def _demo_queries(test: pd.DataFrame, run_dir: Path, index_dir: Path, k: int,
+                  n_queries: int) -> list[dict[str, Any]]:
+    """`Analyzer` results for the first held-out AI and human clips, with their truth."""
+    queries = [*test[test["label"] == "ai"]["path"].head(n_queries),
+               *test[test["label"] == "human"]["path"].head(n_queries)]
+    results = Analyzer(run_dir, index_dir, k=k).analyze_many(queries)
+    truth = dict(zip(test["path"], test["label"], strict=True))
+    genre = dict(zip(test["path"], test["genre"], strict=True))
+    for r in results:
+        r["true_label"], r["true_style"] = truth[r["input"]], genre[r["input"]]
+    return results
+
+
+def _demo_retrieval(index: CatalogIndex, ai_test: pd.DataFrame, k: int) -> dict[str, Any]:
+    """Style consistency of the index: leave-one-out, and AI clips as queries."""
+    return {
+        "embedder": index.embedder_config.get("name"),
+        "style_loo": {
+            "all_neighbours": leave_one_out(index, k=k),
+            "same_artist_excluded": leave_one_out(index, k=k, exclude_same_artist=True),
+        },
+        "ai_query_style_precision": ai_query_precision(index, index.embedder(), ai_test, k=k),
+    }

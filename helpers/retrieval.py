@@ -20,6 +20,7 @@ skipped; queries with R = 0 count as 0 for both.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -116,56 +117,78 @@ def leave_one_out(
     v = l2_normalise(vectors)
     labels = _labels(catalog[label_column])
     artists = _labels(catalog["artist"]) if exclude_same_artist else None
-    n = len(v)
     queries = np.flatnonzero(labels != "")
-    label_counts = pd.Series(labels).value_counts()
     relevant = np.zeros((len(queries), k), dtype=bool)
     n_relevant = np.zeros(len(queries))
     n_dupes = 0
     for start in range(0, len(queries), block):
         q = queries[start:start + block]
         sims = v[q] @ v.T  # (block, n)
-        mask = np.zeros_like(sims, dtype=bool)
-        mask[np.arange(len(q)), q] = True  # self
-        if exclude_same_artist:
-            same = (artists[q][:, None] == artists[None, :]) & (artists[q][:, None] != "")
-            mask |= same
-        if exclude_duplicates:
-            dup = sims > _DUPLICATE_COSINE
-            n_dupes += int((dup & ~mask).sum())
-            mask |= dup
-        sims = np.where(mask, -np.inf, sims)
-        kk = min(k, n - 1)
-        if kk <= 0:
-            continue
-        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)  # (block, kk), best first
-        valid = np.isfinite(np.take_along_axis(sims, top, axis=1))
-        same_label = (labels[top] == labels[q][:, None]) & valid
-        relevant[start:start + len(q), :kk] = same_label
-        n_relevant[start:start + len(q)] = ((labels[None, :] == labels[q][:, None]) & ~mask).sum(1)
+        mask = _loo_mask(sims, q, artists, exclude_duplicates)
+        n_dupes += mask.n_duplicates
+        rel, n_rel = _loo_relevance(sims, q, labels, mask.excluded, k)
+        relevant[start:start + len(q), :rel.shape[1]] = rel
+        n_relevant[start:start + len(q)] = n_rel
     precision, ap = ranking_metrics(relevant, n_relevant, k)
-    excluded = ["self"]
-    if exclude_same_artist:
-        excluded.append("same_artist")
-    if exclude_duplicates:
-        excluded.append("duplicates")
-    q_labels = labels[queries]
-    per_label = {g: float(precision[q_labels == g].mean()) for g in sorted(set(q_labels))}
-    per_label_map = {g: float(ap[q_labels == g].mean()) for g in sorted(set(q_labels))}
+    excluded = ["self", *(["same_artist"] if exclude_same_artist else []),
+                *(["duplicates"] if exclude_duplicates else [])]
+    return {**_summary(precision, ap, labels, labels[queries]), "k": int(k),
+            "label_column": label_column, "excluded": excluded,
+            "n_duplicates_excluded": int(n_dupes)}
+
+
+def _summary(precision: np.ndarray, ap: np.ndarray, labels: np.ndarray,
+             q_labels: np.ndarray) -> dict[str, Any]:
+    """Mean P@K and mAP@K over the queries, overall and per label (see `leave_one_out`)."""
+    groups = sorted(set(q_labels))
+    label_counts = pd.Series(labels).value_counts()
     return {
         "precision_at_k": float(precision.mean()) if len(precision) else float("nan"),
         "map_at_k": float(ap.mean()) if len(ap) else float("nan"),
-        "k": int(k),
-        "n_queries": int(len(queries)),
-        "label_column": label_column,
-        "excluded": excluded,
-        "n_duplicates_excluded": int(n_dupes),
-        "per_label": per_label,
-        "per_label_map": per_label_map,
-        "per_label_count": {g: int(label_counts[g]) for g in per_label},
+        "n_queries": int(len(q_labels)),
+        "per_label": {g: float(precision[q_labels == g].mean()) for g in groups},
+        "per_label_map": {g: float(ap[q_labels == g].mean()) for g in groups},
+        "per_label_count": {g: int(label_counts[g]) for g in groups},
     }
+
+
+@dataclass
+class _Exclusions:
+    excluded: np.ndarray  # (n_queries, n) bool: catalog items a query may not retrieve
+    n_duplicates: int  # pairs excluded only for being duplicates
+
+
+def _loo_mask(sims: np.ndarray, q: np.ndarray, artists: np.ndarray | None,
+              exclude_duplicates: bool) -> _Exclusions:
+    """Which catalog items each query in `q` may not retrieve: itself, its artist, copies.
+
+    `sims` is ``(len(q), n)``: the queries' cosine similarity to every catalog item.
+    """
+    mask = np.zeros(sims.shape, dtype=bool)
+    mask[np.arange(len(q)), q] = True  # self
+    if artists is not None:
+        mask |= (artists[q][:, None] == artists[None, :]) & (artists[q][:, None] != "")
+    n_dupes = 0
+    if exclude_duplicates:
+        dup = sims > _DUPLICATE_COSINE
+        n_dupes = int((dup & ~mask).sum())
+        mask |= dup
+    return _Exclusions(mask, n_dupes)
+
+
+def _loo_relevance(sims: np.ndarray, q: np.ndarray, labels: np.ndarray, mask: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Relevance flags ``(len(q), <= k)`` of each query's ranked neighbours, and R per query."""
+    n_rel = ((labels[None, :] == labels[q][:, None]) & ~mask).sum(1)
+    kk = min(k, sims.shape[1] - 1)
+    if kk <= 0:
+        return np.zeros((len(q), 0), dtype=bool), n_rel
+    sims = np.where(mask, -np.inf, sims)  # (block, n)
+    top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)  # (block, kk), best first
+    valid = np.isfinite(np.take_along_axis(sims, top, axis=1))
+    return (labels[top] == labels[q][:, None]) & valid, n_rel
 
 
 def ai_query_precision(
@@ -240,6 +263,7 @@ def tsne_2d(vectors: np.ndarray, seed: int = 0, perplexity: float | None = None,
     -------
     np.ndarray, shape (n, 2), float32
     """
+    # imported here: sklearn.manifold takes about a second to import, and only plots need it
     from sklearn.manifold import TSNE
 
     x = l2_normalise(vectors)  # euclidean on unit vectors ranks like cosine

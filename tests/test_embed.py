@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 
+from helpers.audio import load_clip, mel_db
+from helpers.config import FrontEndConfig
 from helpers.embed import (
     FEATURE_NAMES,
+    ClassifierEmbedder,
     FeatureEmbedder,
     OpenL3Embedder,
     default_embedder,
     embedder_from_config,
     make_embedder,
 )
+from helpers.index import build_index, recommend
+from helpers.openl3 import get_audio_embedding, weights_path
+from helpers.run import load_run
+from helpers.train import TrainConfig, train
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "openl3_reference"
 SR = 22050
@@ -119,10 +129,87 @@ def test_openl3_with_random_weights_gives_unit_norm_512_vectors(tmp_path):
     assert params["hop_size"] == 0.5 and params["pooling"] == "mean"
 
 
-def test_openl3_defaults_are_the_hear_settings():
-    params = OpenL3Embedder().params()
-    assert (params["input_repr"], params["content_type"], params["embedding_size"],
-            params["hop_size"]) == ("mel256", "music", 512, 0.5)
+def test_openl3_defaults_compute_the_hear_settings(tmp_path):
+    # What the default embedder *computes*, not what it says: a mel256/music/512 network, and
+    # the mean of its frames at a 0.5 s hop. The mel128 fixture file has the same weight
+    # shapes as mel256 (only the front end differs), so it stands in for the cached weights.
+    weights = REFERENCE / "mel128_music_random.h5"
+    if not weights.is_file():
+        pytest.fail(f"reference fixture missing: {weights}")
+    shutil.copy(weights, weights_path("mel256", "music", tmp_path))
+    embedder = OpenL3Embedder(cache_dir=tmp_path, device="cpu")
+    y = tone("noise", seconds=1.0, sr=16000)
+    raw = embedder.embed_raw_audio(y, 16000)
+    model = embedder.model
+    assert (model.input_repr, model.content_type, model.embedding_size) == ("mel256", "music",
+                                                                          512)
+    assert model.input_shape == (256, 199) and embedder.dim == raw.shape[0] == 512
+    hear, _ = get_audio_embedding(y, 16000, model, hop_size=0.5, center=True)  # (3, 512)
+    np.testing.assert_allclose(raw, hear.mean(axis=0), rtol=0, atol=1e-5)
+    dense, _ = get_audio_embedding(y, 16000, model, hop_size=0.1, center=True)
+    assert np.abs(dense.mean(axis=0) - raw).max() > 1e-3  # the hop matters for this clip
+    assert embedder.params()["hop_size"] == 0.5 and embedder.params()["pooling"] == "mean"
+
+
+# --- the classifier's pooled vector -----------------------------------------------------------
+
+CLASSIFIER_FRONT = FrontEndConfig(duration=2.0)  # 63 frames: a run trains in seconds
+
+
+@pytest.fixture(scope="module")
+def classifier_runs(tmp_path_factory, one_torch_thread):
+    """Two tiny runs (different seeds) trained on 2 s clips, and the clips."""
+    root = tmp_path_factory.mktemp("classifier")
+    rows = []
+    for label, kind in (("ai", "sine"), ("human", "noise")):
+        for track in range(4):
+            for part in range(2):
+                path = root / f"{label}_{track}_{part}.wav"
+                sf.write(path, tone(kind, freq=300 + 60 * track, seed=10 * track + part), SR)
+                rows.append({"path": str(path), "label": label, "split": "train",
+                             "track_id": f"{label}{track}"})
+    manifest = pd.DataFrame(rows)
+    runs = [train(manifest, root / f"run_{seed}", preset="tiny", cache_dir=root / "cache",
+                  train_config=TrainConfig(epochs=1, batch_size=8, device="cpu", patience=0,
+                                           seed=seed),
+                  frontend=CLASSIFIER_FRONT, progress=False)
+            for seed in (0, 1)]
+    return runs, manifest
+
+
+def test_classifier_embedder_is_the_runs_pooled_vector(classifier_runs):
+    (run, _), manifest = classifier_runs
+    embedder = ClassifierEmbedder(run, device="cpu")
+    paths = list(manifest["path"].iloc[[0, 1, 8]])  # two AI excerpts, one human clip
+    vectors, ok, errors = embedder.embed_files(paths, progress=False)
+    assert ok.all() and not errors
+    assert vectors.shape == (3, embedder.dim) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # the run's own embed() on its own front end, computed here independently
+    model, info = load_run(run)
+    front = FrontEndConfig.from_dict(info["frontend"])
+    with torch.no_grad():
+        mel = torch.from_numpy(mel_db(load_clip(paths[2], front), front))[None]
+        expected = model.embed(mel)[0].numpy()
+    np.testing.assert_allclose(vectors[2], expected / np.linalg.norm(expected), atol=1e-5)
+    # the same clip gives the same vector, also from a second embedder of the run
+    again = ClassifierEmbedder(run, device="cpu").embed_file(paths[2])
+    np.testing.assert_allclose(again, vectors[2], atol=1e-6)
+    assert np.abs(vectors[0] - vectors[2]).max() > 1e-3  # different clips differ
+
+
+def test_an_index_refuses_another_runs_classifier_embedder(classifier_runs, tmp_path):
+    (run_a, run_b), manifest = classifier_runs
+    index = build_index(manifest, tmp_path / "index", ClassifierEmbedder(run_a, device="cpu"),
+                        label="human", progress=False)
+    assert len(index) == 8
+    assert isinstance(index.check_embedder(ClassifierEmbedder(run_a)), ClassifierEmbedder)
+    with pytest.raises(ValueError, match="does not match the index.*params.checkpoint"):
+        index.check_embedder(ClassifierEmbedder(run_b))
+    with pytest.raises(ValueError, match="does not match"):
+        index.embedder(run_dir=run_b)
+    hits = recommend([manifest["path"].iloc[8]], index, index.embedder(run_dir=run_a), k=2)
+    assert manifest["path"].iloc[8] not in set(hits["path"]) and len(hits) == 2
 
 
 def test_default_embedder_falls_back_to_features_offline(tmp_path, caplog):
@@ -133,8 +220,6 @@ def test_default_embedder_falls_back_to_features_offline(tmp_path, caplog):
 
 
 def test_default_embedder_picks_openl3_when_weights_are_cached(tmp_path):
-    from helpers.openl3 import weights_path
-
     weights_path("mel256", "music", tmp_path).write_bytes(b"x")  # presence is what counts
     assert isinstance(default_embedder(cache_dir=tmp_path), OpenL3Embedder)
 

@@ -34,7 +34,7 @@ from helpers.cli import main
 from helpers.config import FrontEndConfig
 from helpers.datasets import load_manifest, write_manifest
 from helpers.embed import FeatureEmbedder, l2_normalise
-from helpers.index import CatalogIndex, build_index
+from helpers.index import CatalogIndex, build_index, index_files
 from helpers.run import load_run
 from helpers.train import TrainConfig, train
 
@@ -133,6 +133,137 @@ def _raw_vectors(partial: Path) -> list[np.ndarray]:
         with np.load(chunk) as z:
             vectors += list(z["vectors"])
     return vectors
+
+
+# A deterministic embedder that logs every file it embeds. The same source runs in this
+# process and in the subprocesses below, so their vectors and configs are the same.
+_EMBEDDER_SOURCE = """
+import hashlib
+import time
+
+import numpy as np
+
+from helpers.embed import Embedder
+
+
+class PathHashEmbedder(Embedder):
+    name = "fake"
+    dim = 8
+
+    def __init__(self, log_path, delay=0.0):
+        self.log_path, self.delay = log_path, delay
+
+    def params(self):
+        return {"variant": 0}
+
+    def embed_raw_file(self, path):
+        with open(self.log_path, "a") as log:
+            log.write(f"{path}\\n")
+        time.sleep(self.delay)
+        seed = int(hashlib.sha256(str(path).encode()).hexdigest()[:8], 16)
+        return np.random.default_rng(seed).normal(size=self.dim).astype(np.float32)
+"""
+
+# argv: index folder, manifest csv, "before:NAME" / "after:NAME" (SIGKILL itself around the
+# index's write of file NAME) or "never", embedding log, then optional barrier files (this
+# process's first): touch ours, wait for all, so that two builds start together.
+_BUILD_SCRIPT = _EMBEDDER_SOURCE + """
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+import helpers.index as index_module
+
+out, manifest_csv, kill_at, log_path = sys.argv[1:5]
+barrier = [Path(p) for p in sys.argv[5:]]
+when, _, target = kill_at.partition(":")
+
+
+def killing(writer):
+    def write(path, *args, **kwargs):
+        if when == "before" and Path(path).name == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = writer(path, *args, **kwargs)
+        if when == "after" and Path(path).name == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return write
+
+
+for name in ("write_npy", "write_csv", "write_json"):
+    setattr(index_module, name, killing(getattr(index_module, name)))
+if barrier:
+    barrier[0].touch()
+    while not all(p.exists() for p in barrier):
+        time.sleep(0.01)
+embedder = PathHashEmbedder(log_path, delay=0.1 if barrier else 0.0)
+index_module.build_index(pd.read_csv(manifest_csv), out, embedder, progress=False,
+                         checkpoint_every=2)
+"""
+_namespace: dict = {}
+exec(_EMBEDDER_SOURCE, _namespace)  # noqa: S102 (our own source, shared with the subprocesses)
+PathHashEmbedder = _namespace["PathHashEmbedder"]
+
+
+def _fake_manifest(n: int, first: int = 0) -> pd.DataFrame:
+    ids = range(first, first + n)
+    return pd.DataFrame({"path": [f"/music/song_{i:03d}.wav" for i in ids], "label": "human",
+                         "track_id": [f"t{i:03d}" for i in ids]})
+
+
+def _embedded(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+@pytest.mark.parametrize("kill_at", ["after:vectors.npy", "before:meta.json",
+                                     "after:meta.json"])
+def test_adding_to_an_index_killed_mid_commit_keeps_it_whole(tmp_path, kill_at):
+    out, log = tmp_path / "index", tmp_path / "embedded.log"
+    build_index(_fake_manifest(6), out, PathHashEmbedder(log), progress=False)
+    before = CatalogIndex.load(out)
+    _fake_manifest(10).to_csv(tmp_path / "more.csv", index=False)
+    proc = subprocess.run([sys.executable, "-c", _BUILD_SCRIPT, str(out),
+                           str(tmp_path / "more.csv"), kill_at, str(log)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+    after_kill = CatalogIndex.load(out)
+    if kill_at == "after:meta.json":  # the commit was made; only the clean-up is missing
+        assert len(after_kill) == 10
+    else:  # the old index, intact
+        np.testing.assert_array_equal(after_kill.vectors, before.vectors)
+        pd.testing.assert_frame_equal(after_kill.catalog, before.catalog)
+    embedded = _embedded(log)
+    index = build_index(_fake_manifest(10), out, PathHashEmbedder(log), progress=False)
+    assert _embedded(log) == embedded, "the re-run embedded files again"
+    assert sorted(embedded) == sorted(_fake_manifest(10)["path"])  # each one exactly once
+    reference = build_index(_fake_manifest(10), tmp_path / "ref",
+                            PathHashEmbedder(tmp_path / "ref.log"), progress=False)
+    np.testing.assert_array_equal(index.vectors, reference.vectors)
+    pd.testing.assert_frame_equal(CatalogIndex.load(out).catalog, reference.catalog)
+    assert len(list(out.glob("data-*"))) == 1 and not (out / "partial").exists()
+
+
+def test_two_processes_adding_to_one_index_keep_every_row(tmp_path):
+    out, log = tmp_path / "index", tmp_path / "embedded.log"
+    build_index(_fake_manifest(2), out, PathHashEmbedder(log), progress=False)
+    _fake_manifest(5, first=2).to_csv(tmp_path / "a.csv", index=False)
+    _fake_manifest(5, first=7).to_csv(tmp_path / "b.csv", index=False)
+    ready_a, ready_b = tmp_path / "ready_a", tmp_path / "ready_b"
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, str(out),
+                               str(tmp_path / f"{name}.csv"), "never", str(log), *barrier],
+                              stderr=subprocess.PIPE, text=True)
+             for name, barrier in (("a", [str(ready_a), str(ready_b)]),
+                                   ("b", [str(ready_b), str(ready_a)]))]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    index = CatalogIndex.load(out)
+    assert sorted(index.catalog["path"]) == sorted(_fake_manifest(12)["path"])
+    assert sorted(_embedded(log)) == sorted(_fake_manifest(12)["path"])  # each one once
 
 
 # --- training --------------------------------------------------------------------------------
@@ -254,18 +385,19 @@ def _small_index(index_type: str = "flat") -> CatalogIndex:
                                             ("meta.json", 0.5), ("vectors.npy", 0.9)])
 def test_truncated_index_files_are_clear_errors(tmp_path, name, keep):
     _small_index().save(tmp_path)
-    data = (tmp_path / name).read_bytes()
-    (tmp_path / name).write_bytes(data[: int(len(data) * keep)])
+    path = {p.name: p for p in index_files(tmp_path).values()}[name]
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(ValueError) as info:
         CatalogIndex.load(tmp_path)
-    assert str(tmp_path / name) in str(info.value)
+    assert str(path) in str(info.value)
     assert "rebuild" in str(info.value) or "delete" in str(info.value)
 
 
 def test_a_truncated_hnsw_graph_is_rebuilt_from_the_vectors(tmp_path, caplog):
     index = _small_index("hnsw")
     index.save(tmp_path)
-    graph = tmp_path / "index.faiss"
+    graph = index_files(tmp_path)["graph"]
     graph.write_bytes(graph.read_bytes()[:500])
     with pytest.raises(RuntimeError):
         faiss.read_index(str(graph))  # the damage is real

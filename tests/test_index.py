@@ -13,7 +13,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from helpers.audio import AudioError
 from helpers.embed import Embedder, l2_normalise
-from helpers.index import CatalogIndex, build_index, recommend
+from helpers.index import CatalogIndex, build_index, index_files, recommend
 
 DIM = 16
 
@@ -123,14 +123,52 @@ def test_save_load_round_trip(tmp_path, index_type):
     q = index.vectors[:4]
     for a, b in zip(index.search(q, k=5), loaded.search(q, k=5)):
         pd.testing.assert_frame_equal(a, b)
-    assert not list((tmp_path / "idx").glob("*.tmp")) and not list((tmp_path / "idx").glob(".*"))
+    assert not [p for p in (tmp_path / "idx").rglob("*") if ".tmp" in p.name]
+
+
+def test_each_save_is_a_new_generation_and_the_old_one_is_removed(tmp_path):
+    index = random_index(n=20, index_type="hnsw")
+    index.save(tmp_path)
+    first = index_files(tmp_path)
+    index.add(l2_normalise(np.ones((1, DIM))), manifest(21).iloc[20:])
+    index.save(tmp_path)
+    second = index_files(tmp_path)
+    assert second["vectors"].parent != first["vectors"].parent
+    assert not first["vectors"].parent.exists()
+    assert [p.name for p in tmp_path.glob("data-*")] == [second["vectors"].parent.name]
+    assert second["graph"].is_file() and len(CatalogIndex.load(tmp_path)) == 21
+
+
+def test_an_index_folder_of_the_first_format_loads_and_converts(tmp_path):
+    # Format 1 kept vectors.npy / catalog.csv next to meta.json, which had no "data" entry.
+    index = random_index(n=30)
+    np.save(tmp_path / "vectors.npy", index.vectors)
+    index.catalog.to_csv(tmp_path / "catalog.csv", index=False)
+    meta = {**index.meta, "version": 1}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    loaded = CatalogIndex.load(tmp_path)
+    np.testing.assert_array_equal(loaded.vectors, index.vectors)
+    pd.testing.assert_frame_equal(loaded.catalog, index.catalog)
+    loaded.add(l2_normalise(np.ones((1, DIM))), manifest(31).iloc[30:])
+    loaded.save(tmp_path)
+    assert not (tmp_path / "vectors.npy").exists() and not (tmp_path / "catalog.csv").exists()
+    assert len(CatalogIndex.load(tmp_path)) == 31
+
+
+def test_an_index_of_a_newer_format_is_refused_clearly(tmp_path):
+    random_index().save(tmp_path)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(ValueError, match="format version 99 is newer.*update helpers"):
+        CatalogIndex.load(tmp_path)
 
 
 def test_truncated_vectors_file_is_a_clear_error(tmp_path):
     random_index().save(tmp_path)
-    data = (tmp_path / "vectors.npy").read_bytes()
-    (tmp_path / "vectors.npy").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="vectors.npy"):
+    vectors = index_files(tmp_path)["vectors"]
+    data = vectors.read_bytes()
+    vectors.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=str(vectors)):
         CatalogIndex.load(tmp_path)
 
 
@@ -145,8 +183,8 @@ def test_meta_count_mismatch_is_a_clear_error(tmp_path):
 
 def test_catalog_rows_mismatch_and_missing_files_are_clear_errors(tmp_path):
     random_index().save(tmp_path)
-    catalog = pd.read_csv(tmp_path / "catalog.csv")
-    catalog.iloc[:-1].to_csv(tmp_path / "catalog.csv", index=False)
+    path = index_files(tmp_path)["catalog"]
+    pd.read_csv(path).iloc[:-1].to_csv(path, index=False)
     with pytest.raises(ValueError, match="catalog.csv"):
         CatalogIndex.load(tmp_path)
     (tmp_path / "meta.json").unlink()

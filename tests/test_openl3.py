@@ -294,18 +294,6 @@ def test_batch_size_does_not_change_embeddings(random_model):
     assert np.abs(e1 - e32).max() <= 1e-4
 
 
-def test_6144_embedding_is_keras_flatten_of_the_pooled_grid(random_model):
-    big = openl3.OpenL3Model("mel128", 6144).fuse_batchnorm()
-    big.load_state_dict(random_model.state_dict())
-    logmel = torch.randn(1, 1, 128, 199)
-    with torch.inference_mode():
-        e512 = random_model.embed_logmel(logmel)
-        e6144 = big.embed_logmel(logmel)
-    assert e6144.shape == (1, 6144)
-    # Channels-last flatten: the 512-dim embedding is the max over the 12 grid cells.
-    torch.testing.assert_close(e6144.reshape(12, 512).amax(dim=0), e512[0])
-
-
 @pytest.mark.parametrize("input_repr, shape", [("mel256", (256, 199)), ("linear", (257, 197))])
 def test_other_representations_shapes(input_repr, shape):
     model = openl3.OpenL3Model(input_repr, 512)
@@ -314,3 +302,189 @@ def test_other_representations_shapes(input_repr, shape):
         logmel = model.frontend(torch.zeros(1, 1, 48000))
         assert logmel.shape == (1, 1, *shape)
         assert model.embed_logmel(torch.randn(1, 1, *shape)).shape == (1, 512)
+
+
+# --- the 6144-d grid: Keras flattens (row, column, channel) ----------------------------------
+
+
+def _keras_flatten_of_pooled_grid(feature_map: np.ndarray, pool: tuple[int, int]) -> np.ndarray:
+    """Keras' MaxPooling2D(pool, padding="same") then Flatten, on a channels-last map.
+
+    `feature_map` is (height=mel, width=time, channels); here the pools divide the map
+    exactly, so "same" adds no padding. Returns (rows * cols * channels,).
+    """
+    h, w, c = feature_map.shape
+    rows, cols = h // pool[0], w // pool[1]
+    grid = feature_map[: rows * pool[0], : cols * pool[1]].reshape(rows, pool[0], cols, pool[1], c)
+    return grid.max(axis=(1, 3)).reshape(-1)  # index row * cols * C + col * C + channel
+
+
+def test_6144_embedding_is_the_keras_flatten_of_the_pooled_grid(random_model):
+    big = openl3.OpenL3Model("mel128", 6144).fuse_batchnorm()
+    big.load_state_dict(random_model.state_dict())
+    captured = {}
+
+    def keep_map(module, args, out):  # returns None: the output is left as it is
+        captured["map"] = out[0].permute(1, 2, 0).numpy()
+
+    big.audio_embedding_layer.register_forward_hook(keep_map)
+    logmel = torch.randn(1, 1, 128, 199, generator=torch.Generator().manual_seed(4)) * 20 - 40
+    with torch.inference_mode():
+        got = big.embed_logmel(logmel)[0].numpy()
+    fmap = captured["map"]  # (16 mel, 24 time, 512 channels), channels last like Keras
+    assert fmap.shape == (16, 24, 512)
+    expected = _keras_flatten_of_pooled_grid(fmap, openl3.POOL_SIZES["mel128"][6144])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # The check can tell the orders apart: the 4 x 3 grid cells differ, so PyTorch's
+    # channels-first flatten, or a grid flattened column first, gives another vector.
+    grid = expected.reshape(4, 3, 512)
+    for wrong in (grid.transpose(2, 0, 1).reshape(-1), grid.transpose(1, 0, 2).reshape(-1)):
+        assert np.abs(wrong - got).max() > 1e-2
+
+
+# --- mel256, the default: front end and weights against independent references ---------------
+
+
+def _kapre_logmel_reference(frames: np.ndarray, n_mels: int) -> np.ndarray:
+    """float64 numpy log-mel of 1 s frames (n, 48000), from the formulas of the fixture's README.
+
+    Periodic Hann, n_fft 2048, hop 242, frames [242 t, 242 t + 2048) with the end zero-padded
+    to 199 frames, magnitude, Slaney mel (librosa), 10 log10 of the magnitude, minus the
+    per-example maximum, floored at -80 dB. Returns (n, n_mels, 199).
+    """
+    import librosa
+    import scipy.signal
+
+    n_fft, hop, n_frames = 2048, 242, 199
+    x = np.pad(frames.astype(np.float64), ((0, 0), (0, (n_frames - 1) * hop + n_fft - 48000)))
+    window = scipy.signal.get_window("hann", n_fft, fftbins=True)  # periodic
+    starts = hop * np.arange(n_frames)
+    segments = x[:, starts[:, None] + np.arange(n_fft)] * window  # (n, 199, 2048)
+    magnitude = np.abs(np.fft.rfft(segments, axis=-1))  # (n, 199, 1025)
+    mel = librosa.filters.mel(sr=48000, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=24000.0,
+                              htk=False, norm="slaney").astype(np.float64)
+    db = 10 * np.log10(np.maximum(np.einsum("mf,ntf->nmt", mel, magnitude), 1e-10))
+    return np.maximum(db - db.max(axis=(1, 2), keepdims=True), -80.0)
+
+
+def _logmel_close(got: np.ndarray, expected: np.ndarray) -> None:
+    # The fixture README's check 2 (below -60 dB only float32 noise of empty bands differs).
+    diff = np.abs(got - expected)
+    assert diff[expected > -60].max() <= 0.05
+    assert diff.mean() <= 0.01
+
+
+def test_mel256_frontend_matches_the_kapre_formulas(reference):
+    frames = openl3.frame_audio(reference["audio_48k"], hop_size=0.1)[[0, 15, 30]]
+    # The reference itself reproduces the Keras front end on the fixture (mel128) ...
+    _logmel_close(_kapre_logmel_reference(frames, 128),
+                  reference["frontend_logmel"][[0, 15, 30], ..., 0])
+    # ... and the port's mel256 front end matches it with 256 bands.
+    with torch.inference_mode():
+        got = openl3.OpenL3Model("mel256").frontend(torch.from_numpy(frames.astype(np.float32)))
+    assert got.shape == (3, 1, 256, 199)
+    _logmel_close(got[:, 0].numpy(), _kapre_logmel_reference(frames, 256))
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _keras_weights_in_order(path: Path) -> list[list[np.ndarray]]:
+    """Weight arrays of the layers that have some, in the order of `layer_names` (float64)."""
+    with h5py.File(path, "r") as f:
+        layers = []
+        for name in map(_text, f.attrs["layer_names"]):
+            weight_names = list(map(_text, f[name].attrs["weight_names"]))
+            if weight_names:
+                layers.append([np.asarray(f[name][w], np.float64) for w in weight_names])
+    return layers
+
+
+def _numpy_openl3_conv_stack(logmel: np.ndarray, layers: list[list[np.ndarray]]) -> np.ndarray:
+    """The Keras network after the front end, up to the final pool, channels last in numpy.
+
+    `logmel` is (mel, time); `layers` as `_keras_weights_in_order`. Kernels are used in their
+    Keras layout (3, 3, in, out): no axis permutation, so a port that permutes wrongly differs.
+    Returns the `audio_embedding_layer` map (mel / 8, time / 8, 512).
+    """
+
+    def bn(x, gamma, beta, mean, var):
+        return gamma * (x - mean) / np.sqrt(var + 1e-3) + beta
+
+    def conv(x, kernel, bias):
+        h, w, _ = x.shape
+        padded = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+        out = np.zeros((h, w, kernel.shape[-1])) + bias
+        for dy in range(3):
+            for dx in range(3):
+                shifted = np.ascontiguousarray(padded[dy:dy + h, dx:dx + w]).reshape(h * w, -1)
+                out += (shifted @ kernel[dy, dx]).reshape(h, w, -1)  # one GEMM per tap
+        return out
+
+    def pool(x):  # 2 x 2, stride 2, "valid"
+        h, w, c = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2, x.shape[2]
+        return x[:h, :w].reshape(h // 2, 2, w // 2, 2, c).max(axis=(1, 3))
+
+    x = bn(logmel[:, :, None], *layers[0])
+    for i, block in enumerate(range(4)):
+        convs = 1 if block == 3 else 2
+        for j in range(convs):
+            kernel, bias = layers[1 + 2 * (2 * i + j)]
+            x = np.maximum(bn(conv(x, kernel, bias), *layers[2 + 2 * (2 * i + j)]), 0)
+        if block < 3:
+            x = pool(x)
+    return conv(x, *layers[15])  # audio_embedding_layer: no BN, no ReLU
+
+
+def _random_official_layout(path: Path, seed: int) -> Path:
+    """A weights file with the fixture's HDF5 layout (h5_layout.txt), new random values."""
+    rng = np.random.default_rng(seed)
+    path.write_bytes(H5.read_bytes())
+    with h5py.File(path, "r+") as f:
+        def fill(name, obj):
+            if not isinstance(obj, h5py.Dataset):
+                return
+            shape, kind = obj.shape, name.rsplit("/", 1)[-1]
+            if kind == "kernel:0":
+                value = rng.normal(0, np.sqrt(2 / np.prod(shape[:3])), shape)
+            elif kind == "moving_mean:0":
+                value = np.full(shape, -45.0) if shape == (1,) else rng.normal(0, 0.1, shape)
+            elif kind == "moving_variance:0":
+                value = np.full(shape, 300.0) if shape == (1,) else rng.uniform(0.5, 2, shape)
+            elif kind == "gamma:0":
+                value = rng.uniform(0.5, 1.5, shape)
+            else:  # bias, beta
+                value = rng.normal(0, 0.1, shape)
+            obj[...] = value.astype(np.float32)
+        f.visititems(fill)
+    return path
+
+
+@pytest.fixture(scope="module")
+def numpy_stack_checked(reference):
+    """The numpy conv stack, first shown to reproduce the Keras fixture (mel128, frame 0)."""
+    fmap = _numpy_openl3_conv_stack(reference["frontend_logmel"][0, ..., 0].astype(np.float64),
+                                    _keras_weights_in_order(H5))
+    got = _keras_flatten_of_pooled_grid(fmap, (16, 24))
+    expected = reference["embedding"][0]
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= 1e-5
+    return _numpy_openl3_conv_stack
+
+
+def test_mel256_weights_load_and_run_like_keras(numpy_stack_checked, reference, tmp_path):
+    weights = _random_official_layout(tmp_path / "openl3_audio_mel256_music-v0_4_0.h5", seed=7)
+    frame = openl3.frame_audio(reference["audio_48k"], hop_size=0.1)[15:16]
+    models = {size: openl3.load_audio_embedding_model("mel256", "music", size, weights=weights,
+                                                      device="cpu", fuse_bn=False)
+              for size in (512, 6144)}
+    with torch.inference_mode():
+        logmel = models[512].frontend(torch.from_numpy(frame.astype(np.float32)))
+        got = {size: model.embed_logmel(logmel)[0].numpy() for size, model in models.items()}
+    fmap = numpy_stack_checked(logmel[0, 0].numpy().astype(np.float64),
+                               _keras_weights_in_order(weights))  # (32, 24, 512)
+    assert np.abs(fmap).max() > 1e-2  # a live network, not one ReLU'd to zero
+    for size in (512, 6144):
+        expected = _keras_flatten_of_pooled_grid(fmap, openl3.POOL_SIZES["mel256"][size])
+        assert got[size].shape == expected.shape == (size,)
+        assert np.linalg.norm(got[size] - expected) / np.linalg.norm(expected) <= 1e-4

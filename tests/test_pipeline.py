@@ -3,15 +3,62 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
+from conftest import tone
 
 from helpers.audio import AudioError
+from helpers.config import FrontEndConfig
+from helpers.embed import FeatureEmbedder
+from helpers.index import build_index
 from helpers.pipeline import Analyzer, analyze, format_results
+from helpers.train import TrainConfig, train
+
+SR = 16_000
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, one_torch_thread):
+    """A run trained for one epoch on 2 s clips and a features index: fast, not the demo."""
+    root = tmp_path_factory.mktemp("tiny")
+    rows = []
+    for label, base in (("ai", 300.0), ("human", 700.0)):
+        for track in range(4):
+            for part in range(2):
+                path = root / f"{label}_{track}_{part}.wav"
+                sf.write(path, tone(2.0, SR, base + 40 * track, seed=10 * track + part), SR)
+                rows.append({"path": str(path), "label": label, "split": "train",
+                             "track_id": f"{label}{track}", "genre": f"g{track % 2}"})
+    manifest = pd.DataFrame(rows)
+    run = train(manifest, root / "run", preset="tiny", cache_dir=root / "cache",
+                train_config=TrainConfig(epochs=1, batch_size=8, device="cpu", patience=0),
+                frontend=FrontEndConfig(duration=2.0), progress=False)
+    build_index(manifest, root / "index", FeatureEmbedder(max_seconds=2.0), progress=False)
+    return run, root / "index"
+
+
+def test_windows_skip_a_silent_stretch_and_say_so(tiny, write_audio, caplog):
+    analyzer = Analyzer(*tiny, k=2)
+    song = tone(10.0, SR, 440.0)
+    song[3 * SR: int(7.5 * SR)] = 0.0  # a 4.5 s pause: windows starting at 3, 4, 5 s are silent
+    path = write_audio("pause.wav", song, SR)
+    with caplog.at_level(logging.INFO, logger="helpers.pipeline"):
+        result = analyzer.analyze(path, windows=True)
+    w = result["windows"]  # 2 s windows, hop 1 s: starts 0..8 s
+    assert (w["n_windows"], w["n_skipped"]) == (9, 3)
+    assert w["starts"] == [0.0, 1.0, 2.0, 6.0, 7.0, 8.0] and len(w["p_ai"]) == 6
+    assert result["p_ai"] == w["max"] == pytest.approx(max(w["p_ai"]))
+    assert caplog.text.count("skipped 3 of 9 windows") == 1
+    assert "3 of 9 windows skipped" in format_results([result])
+    # a song with no usable window is still an error, naming the input
+    with pytest.raises(AudioError, match="no usable window.*silent"):
+        analyzer.analyze((np.zeros(5 * SR, np.float32), SR), windows=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +109,6 @@ def test_analyzer_paths_audio_windows_and_bad_files(demo, tmp_path):
     assert 0.0 <= by_path["p_ai"] <= 1.0 and len(by_path["recommendations"]) == 3
     sims = [r["similarity"] for r in by_path["recommendations"]]
     assert sims == sorted(sims, reverse=True)
-
-    import soundfile as sf
 
     y, sr = sf.read(ai_path, dtype="float32")
     by_audio = analyzer.analyze((y, sr))
