@@ -61,7 +61,6 @@ import shutil
 import sys
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -79,6 +78,7 @@ from benchmarks.real_audio import (  # noqa: E402
     fetch_real_audio,
     package_versions,
 )
+from helpers import jit  # noqa: E402
 from helpers.artifacts import ArtifactConfig, apply_artifacts, normalize_loudness  # noqa: E402
 from helpers.audio import read_audio, resample  # noqa: E402
 from helpers.config import FrontEndConfig  # noqa: E402
@@ -183,7 +183,7 @@ def build_corpus(
         _one_blas_thread()
         parts = [_build_track(*a) for a in args]
     else:
-        with ProcessPoolExecutor(n_jobs, initializer=_one_blas_thread) as pool:
+        with jit.process_pool(n_jobs) as pool:
             parts = list(pool.map(_build_track, *zip(*args, strict=True)))
     return pd.DataFrame([row for part in parts for row in part])
 

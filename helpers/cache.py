@@ -26,31 +26,22 @@ no lock: run one `preprocess` per cache folder at a time there.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
-import multiprocessing
 import os
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import threadpoolctl
 import torch
 from tqdm.auto import tqdm
 
+from helpers import jit
 from helpers.audio import AudioError, load_clip, mel_db
 from helpers.config import FrontEndConfig
-from helpers.io import read_json, write_csv, write_json, write_npy
-
-try:
-    import fcntl
-except ImportError:  # Windows: no POSIX locks (see the module docstring)
-    fcntl = None
+from helpers.io import file_lock, read_json, write_csv, write_json, write_npy
 
 log = logging.getLogger(__name__)
 
@@ -59,34 +50,6 @@ _SHARD_COLUMNS = ["path", "row", "error"]
 
 class CacheError(RuntimeError):
     """A cache folder that cannot be used as asked; the message says why and what to do."""
-
-
-@contextlib.contextmanager
-def _write_lock(cache_dir: Path) -> Iterator[None]:
-    """Hold the folder's exclusive write lock, waiting for another process that holds it.
-
-    ``lockf`` (a POSIX record lock) rather than ``flock``: forked pool workers do not inherit
-    it, so a worker orphaned by a killed parent cannot keep the folder locked.
-    """
-    if fcntl is None:
-        yield
-        return
-    with open(cache_dir / ".lock", "ab") as handle:  # "a": create, never truncate
-        try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EACCES, errno.EAGAIN):
-                log.warning("%s: this file system refuses file locks (%s); run one preprocess "
-                            "per cache folder at a time", cache_dir, err.strerror)
-                yield
-                return
-            log.info("%s: another preprocess is writing to this cache; waiting for it",
-                     cache_dir)
-            fcntl.lockf(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
 def _check_config(cache_dir: Path, config: FrontEndConfig) -> None:
@@ -162,12 +125,6 @@ def _process_chunk(paths: Sequence[str], config: FrontEndConfig, shard: str) -> 
     return errors
 
 
-def _one_thread() -> None:
-    # One BLAS thread per worker: the workers already fill the cores, and oversubscribed
-    # OpenBLAS threads made the mel filterbank product several times slower.
-    threadpoolctl.threadpool_limits(1)
-
-
 def _plan(cache_dir: Path, wanted: list[str], chunk_size: int,
           retry_failed: bool) -> tuple[list[str], int, list[tuple[list[str], str]]]:
     """Files to compute, how many of them failed before, and (chunk, shard base path) pairs.
@@ -198,13 +155,10 @@ def _compute(jobs: list[tuple[list[str], str]], config: FrontEndConfig, n_jobs: 
             bar.update(len(chunk))
             bar.set_postfix(failed=n_failed)
         return
-    # fork is fast and safe here (workers use numpy/librosa, not torch threads); other
-    # platforms get their default start method.
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
     # librosa loads its submodules lazily (seconds); do it once here so forked workers
     # inherit it instead of each paying for it.
     mel_db(np.full(config.sample_rate, 0.1, dtype=np.float32), config)
-    with ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_one_thread) as pool:
+    with jit.process_pool(n_jobs) as pool:
         futures = {pool.submit(_process_chunk, c, config, s): c for c, s in jobs}
         try:
             for future in as_completed(futures):
@@ -284,7 +238,7 @@ def preprocess(
     cache_dir = Path(cache_dir)
     (cache_dir / "shards").mkdir(parents=True, exist_ok=True)
     wanted = list(dict.fromkeys(manifest["path"]))
-    with _write_lock(cache_dir):
+    with file_lock(cache_dir / ".lock", "another preprocess"):
         _check_config(cache_dir, config)
         todo, n_retried, jobs = _plan(cache_dir, wanted, chunk_size, retry_failed)
         n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(jobs) or 1))

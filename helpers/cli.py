@@ -27,6 +27,10 @@ from helpers.config import FrontEndConfig
 
 EPILOG = "Data flows: download/synth -> preprocess -> train -> evaluate; index -> recommend."
 
+#: Commands that run librosa's numba kernels in this process: numba's on-disk cache is checked
+#: (and repaired) and the kernels compiled under a lock first, see `helpers.jit`.
+_USES_KERNELS = ("index", "recommend", "demo")
+
 
 def _add_frontend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("front end (must match between preprocess, train and evaluate)")
@@ -93,7 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["batch_size"] = args.batch_size
     if args.seed is not None:
         overrides["seed"] = args.seed
-    run = train(args.manifest, args.out, preset=args.preset, train_config=TrainConfig(**overrides),
+    # On --resume without flags, keep the run's own settings (train refuses changed ones).
+    config = None if args.resume and not overrides else TrainConfig(**overrides)
+    run = train(args.manifest, args.out, preset=args.preset, train_config=config,
                 cache_dir=args.cache, resume=args.resume, frontend=_frontend(args))
     print(f"run written: {run}")
     return 0
@@ -309,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("helpers").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
+        if args.command in _USES_KERNELS:
+            from helpers import jit  # imports numpy and, in prepare(), librosa: seconds
+
+            jit.prepare()
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         # User errors are one clear line (AudioError and ManifestError are ValueErrors,

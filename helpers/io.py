@@ -12,8 +12,10 @@ and a random part, so two processes (or threads) writing the same target never s
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
+import logging
 import math
 import os
 import uuid
@@ -24,8 +26,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
 __all__ = [
     "atomic_path",
+    "file_lock",
     "finite",
     "json_default",
     "read_json",
@@ -156,3 +166,44 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     return write_bytes(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, what: str = "another process") -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing), waiting while another holds it.
+
+    Shared on-disk state (a feature cache, an index folder, numba's kernel cache) is changed
+    only under this lock. It is a POSIX record lock (``fcntl.lockf``): the kernel releases it
+    when the process dies, so a killed job never blocks the next one, and forked pool workers
+    do not inherit it. Locks are per process: threads of one process are not kept apart.
+    Where there is no ``fcntl`` (Windows) or the file system refuses locks, a warning is logged
+    once and the block runs unlocked.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The lock file (an empty file; never truncated, never removed).
+    what : str
+        Named in the log line shown while waiting, e.g. ``"another preprocess"``.
+    """
+    path = Path(path)
+    if fcntl is None:
+        log.warning("%s: no file locks on this platform; run one job at a time here", path)
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:  # "a": create, never truncate
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                log.warning("%s: this file system refuses file locks (%s); run one job at a "
+                            "time here", path, err.strerror)
+                yield
+                return
+            log.info("%s: %s holds this lock; waiting for it", path, what)
+            fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)

@@ -49,7 +49,7 @@ from helpers.perturb import (
     perturbation_rng,
     resolve_perturbations,
 )
-from helpers.run import load_run, predict_proba, score_files
+from helpers.run import load_run, predict_proba, score_files, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +59,6 @@ _PROBE_ALPHA = 10.0  # ridge penalty of the codec probe (standardised features)
 # ------------------------------------------------------------------------------------------
 # Robustness to perturbations
 # ------------------------------------------------------------------------------------------
-
-
-def _split_rows(run_dir: Path, manifest: Any, split: str) -> pd.DataFrame:
-    frame = load_manifest(manifest)
-    if split in ("val", "train") and not (frame["split"] == "val").any():
-        splits_csv = run_dir / "splits.csv"  # the validation split carved at training time
-        if splits_csv.exists():
-            saved = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)
-            frame = frame.drop(columns="split").merge(saved[["path", "split"]], on="path")
-    rows = frame if split == "all" else frame[frame["split"] == split]
-    if rows.empty:
-        raise ValueError(f"the manifest has no {split!r} rows (splits present: "
-                         f"{sorted(frame['split'].unique())})")
-    return rows.reset_index(drop=True)
 
 
 def evaluate_robustness(
@@ -134,7 +120,7 @@ def evaluate_robustness(
     model, info = load_run(run_dir, device=device)
     frontend = FrontEndConfig.from_dict(info["frontend"])
     threshold = float(info["threshold"])
-    rows = _split_rows(run_dir, manifest, split)
+    rows = split_rows(load_manifest(manifest), split, run_dir)
     p, readable = _score_perturbed(model, info, frontend, rows, names, seed, batch_size,
                                    progress)
     if not readable.any():

@@ -40,7 +40,7 @@ import math
 import os
 import shutil
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -52,6 +52,7 @@ import soundfile as sf
 from scipy import signal
 from tqdm import tqdm
 
+from helpers import jit
 from helpers.artifacts import ArtifactConfig, apply_artifacts, normalize_loudness
 from helpers.datasets import MANIFEST_COLUMNS
 from helpers.io import atomic_path, read_json, write_csv, write_json
@@ -977,7 +978,7 @@ def make_corpus(
                     bar.update()
         else:
             workers = min(n_jobs, len(todo))
-            with ProcessPoolExecutor(max_workers=workers, initializer=_one_blas_thread) as pool:
+            with jit.process_pool(workers) as pool:
                 futures = [pool.submit(_build_clip, str(out), r, config) for r in todo]
                 for fut in as_completed(futures):
                     fut.result()  # re-raise a worker's error here
