@@ -28,11 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from benchmarks import real_detection  # noqa: E402
-from benchmarks.robustness import (  # noqa: E402
-    augmentation_study,
-    before_after_table,
-    write_result,
-)
+from benchmarks.robustness import augmentation_study, before_after_table, finish  # noqa: E402
 from helpers.datasets import load_manifest  # noqa: E402
 from helpers.io import read_json  # noqa: E402
 from helpers.perturb import UNAVAILABLE  # noqa: E402
@@ -56,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--copies", type=int, default=2, help="perturbed copies per train clip")
     args = parser.parse_args(argv)
     detection = Path(args.detection)
-    run_a = detection / "run_griffin_lim"
+    run_a = real_detection.run_folder(detection, "griffin_lim", 0)
     manifest_csv = detection / "manifest_griffin_lim.csv"
     if not (run_a / "run.json").exists() or not manifest_csv.exists():
         print(f"no finished real-detection run in {detection}: making it ({DETECTION_ARGS})")
@@ -64,8 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "--out", str(RESULTS / "real_detection_widelands.json")])
     t0 = time.perf_counter()
     manifest = load_manifest(manifest_csv)
-    before, after, run_b, _, timings = augmentation_study(run_a, manifest, WORK,
-                                                          copies=args.copies)
+    before, after, run_b, _, timings, reuse = augmentation_study(run_a, manifest, WORK,
+                                                                 copies=args.copies)
     before_after_table(before, after, "Robustness on real recordings (Griffin-Lim proxy)",
                        args.copies, FIGURE, RESULTS / "real_robustness.csv")
     result = {
@@ -77,12 +73,15 @@ def main(argv: list[str] | None = None) -> dict:
                  "augmentation": {"copies_per_train_clip": args.copies,
                                   "perturbations": "all registered, drawn per clip",
                                   "train_clips": read_json(run_b / "run.json")["n_clips"]}},
+        "plain_run": {k: read_json(run_a / "run.json").get(k)
+                      for k in ("preset", "train_config", "manifest_fingerprint")},
+        "reused_artifacts": reuse,
         "unavailable_perturbations": UNAVAILABLE,
         "table_plain": before.to_dict(orient="records"),
         "table_augmented": after.to_dict(orient="records"),
         "figure": str(FIGURE.relative_to(ROOT)),
     }
-    return write_result(RESULTS / "real_robustness.json", result, timings, t0)
+    return finish(RESULTS / "real_robustness.json", result, timings, t0, vars(args))
 
 
 if __name__ == "__main__":

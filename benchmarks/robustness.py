@@ -18,24 +18,22 @@ Every number is measured on the synthetic demo corpus (`helpers.synth`), not on 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from benchmarks.provenance import prepare, read_stamp, write_result  # noqa: E402
 from helpers import plots  # noqa: E402
 from helpers.audio import read_audio, write_mp3  # noqa: E402
 from helpers.config import FrontEndConfig  # noqa: E402
-from helpers.datasets import load_manifest, write_manifest  # noqa: E402
+from helpers.datasets import load_manifest, manifest_fingerprint, write_manifest  # noqa: E402
 from helpers.evaluate import evaluate  # noqa: E402
-from helpers.io import atomic_path, read_json, write_csv, write_json  # noqa: E402
+from helpers.io import atomic_path, read_json, write_csv  # noqa: E402
 from helpers.perturb import UNAVAILABLE, perturbed_manifest  # noqa: E402
 from helpers.pipeline import run_demo  # noqa: E402
 from helpers.robustness import codec_confound_check, evaluate_robustness  # noqa: E402
@@ -70,28 +68,29 @@ def main(argv: list[str] | None = None) -> dict:
     if not (demo / "run" / "run.json").exists():
         run_demo(demo, seed=0, progress=False)
     run_a = demo / "run"
+    # An existing demo run is used as it is: what it was trained with is read from its own
+    # run.json and recorded below (`plain_run`), never assumed.
     info = read_json(run_a / "run.json")
     frontend = FrontEndConfig.from_dict(info["frontend"])
     manifest = load_manifest(demo / "corpus")
     timings = {}
 
     print("[1/4] robustness of the demo run, [2/4] and of a run trained with perturbed copies")
-    before, after, run_b, cfg, study_timings = augmentation_study(run_a, manifest, WORK,
-                                                                  copies=args.copies)
+    before, after, run_b, cfg, study_timings, study_reuse = augmentation_study(
+        run_a, manifest, WORK, copies=args.copies)
     timings.update(study_timings)
 
     print(f"[3/4] codec confound: runs trained on the corpus with its AI songs stored as "
           f"{args.ai_kbps} kbps MP3 (human songs stay WAV), without and with the control")
     t = time.perf_counter()
+    reuse = dict(study_reuse)
     confounded = confounded_manifest(manifest, WORK / "confounded_corpus", args.ai_kbps)
+    reuse["confounded_corpus"] = read_stamp(WORK / "confounded_corpus")
     control_fe = replace(frontend, codec="mp3", codec_bitrate_kbps=args.control_kbps)
     runs = {"demo run (both classes WAV)": run_a}
     for name, fe in (("confounded", frontend), ("confounded + control", control_fe)):
         run = WORK / ("run_confounded" if fe.codec is None else "run_confounded_control")
-        if not (run / "run.json").exists():
-            train(confounded, run, preset=info.get("preset", "tiny"), train_config=cfg,
-                  cache_dir=WORK / f"cache_{run.name}", resume=(run / "last.pt").exists(),
-                  progress=False, frontend=fe)
+        reuse[run.name] = trained_run(run, confounded, info, cfg, fe, WORK / f"cache_{run.name}")
         runs[name] = run
     timings["train_confounded_s"] = round(time.perf_counter() - t, 1)
     detection = {}
@@ -133,6 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
         "split": "test",
         "n_test_clips": int(before.loc[0, "n"]),
         "frontend": frontend.to_dict(),
+        "plain_run": {k: info.get(k) for k in ("preset", "train_config", "model_config",
+                                               "manifest_fingerprint", "created_utc")},
+        "reused_artifacts": reuse,
         "runs": {"plain": str(run_a), "augmented": str(run_b),
                  "augmentation": {"copies_per_train_clip": args.copies,
                                   "perturbations": "all registered, drawn per clip",
@@ -153,24 +155,39 @@ def main(argv: list[str] | None = None) -> dict:
             "by_source_bitrate": confound},
         "figure": str(FIGURE.relative_to(ROOT)),
     }
-    return write_result(RESULTS / "robustness.json", result, timings, t0)
+    return finish(RESULTS / "robustness.json", result, timings, t0, vars(args))
 
 
-def write_result(path: Path, result: dict, timings: dict, t0: float) -> dict:
-    """Add the timings and the machine to `result`, write it atomically and return it."""
-
-    result["timings"] = {**timings, "total_s": round(time.perf_counter() - t0, 1)}
-    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                         "torch": torch.__version__, "load_avg": os.getloadavg()}
-    write_json(path, result)
+def finish(path: Path, result: dict, timings: dict, t0: float, config: dict) -> dict:
+    """Add the timings and the provenance to `result`, write it atomically and return it."""
+    result = {**result, "timings": {**timings, "total_s": round(time.perf_counter() - t0, 1)}}
+    written = write_result(path, result, config)
     print(f"done in {result['timings']['total_s']} s -> {path}")
-    return result
+    return written
+
+
+def trained_run(run: Path, manifest, info: dict, cfg: TrainConfig, frontend: FrontEndConfig,
+                cache: Path) -> dict:
+    """Train `run` on `manifest` with the plain run's recipe, or reuse it when an earlier
+    one was trained with exactly these settings (`benchmarks.provenance.prepare`)."""
+    settings = {"manifest": manifest_fingerprint(load_manifest(manifest)),
+                "preset": info.get("preset", "tiny"), "train_config": cfg.to_dict(),
+                "frontend": frontend.to_dict()}
+    return prepare(run, settings, lambda: train(
+        manifest, run, preset=settings["preset"], train_config=cfg, cache_dir=cache,
+        progress=False, frontend=frontend))
 
 
 def confounded_manifest(manifest, out: Path, kbps: int) -> Path:
     """The manifest with every AI row's audio re-stored as constant-bitrate MP3 (human rows
     untouched): the SONICS-vs-GTZAN situation, where the file format gives the label away.
-    Files already written are reused."""
+    A folder made earlier from the same manifest at the same bitrate is reused."""
+    settings = {"manifest": manifest_fingerprint(manifest), "ai_kbps": kbps}
+    prepare(out, settings, lambda: _write_confounded(manifest, out, kbps))
+    return out / "manifest.csv"
+
+
+def _write_confounded(manifest, out: Path, kbps: int) -> Path:
     frame = manifest.copy()
     (out / "audio").mkdir(parents=True, exist_ok=True)
     for i in np.flatnonzero(frame["label"].to_numpy() == "ai"):
@@ -188,9 +205,10 @@ def augmentation_study(run_a: Path, manifest, work: Path, copies: int,
     """Evaluate `run_a` under every perturbation, train the same recipe on the manifest plus
     `copies` perturbed copies per training clip, and evaluate that run the same way.
 
-    Returns (table before, table after, augmented run folder, TrainConfig, timings).
+    Returns (table before, table after, augmented run folder, TrainConfig, timings, the
+    stamps of the reused or rebuilt artifacts).
     """
-    timings = {}
+    timings, reuse = {}, {}
     info = read_json(run_a / "run.json")
     frontend = FrontEndConfig.from_dict(info["frontend"])
     t = time.perf_counter()
@@ -200,23 +218,27 @@ def augmentation_study(run_a: Path, manifest, work: Path, copies: int,
     print(before.round(3).to_string(index=False))
     t = time.perf_counter()
     cfg = TrainConfig.from_dict(info["train_config"])
-    aug_manifest = perturbed_manifest(manifest, work / "augmented_corpus", copies=copies,
-                                      perturbations=perturbations, seed=cfg.seed,
-                                      val_fraction=cfg.val_fraction, progress=False)
+    corpus = work / "augmented_corpus"
+    reuse["augmented_corpus"] = prepare(
+        corpus, {"manifest": manifest_fingerprint(manifest), "copies": copies,
+                 "perturbations": perturbations, "seed": cfg.seed,
+                 "val_fraction": cfg.val_fraction},
+        lambda: perturbed_manifest(manifest, corpus, copies=copies,
+                                   perturbations=perturbations, seed=cfg.seed,
+                                   val_fraction=cfg.val_fraction, progress=False))
+    aug_manifest = load_manifest(corpus / "manifest.csv")
     timings["perturbed_copies_s"] = round(time.perf_counter() - t, 1)
     run_b = work / "run_augmented"
     t = time.perf_counter()
-    if not (run_b / "run.json").exists():
-        train(aug_manifest, run_b, preset=info.get("preset", "tiny"), train_config=cfg,
-              cache_dir=work / "cache", resume=(run_b / "last.pt").exists(), progress=False,
-              frontend=frontend)
+    reuse["run_augmented"] = trained_run(run_b, aug_manifest, info, cfg, frontend,
+                                         work / "cache")
     timings["train_augmented_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     after = evaluate_robustness(run_b, manifest, perturbations=perturbations,
                                 out_dir=work / "eval_augmented", progress=False)
     timings["evaluate_augmented_s"] = round(time.perf_counter() - t, 1)
     print(after.round(3).to_string(index=False))
-    return before, after, run_b, cfg, timings
+    return before, after, run_b, cfg, timings, reuse
 
 
 def before_after_table(before, after, title: str, copies: int, figure: Path, csv: Path):

@@ -21,8 +21,16 @@ written before generations existed (format 1: the three files next to ``meta.jso
 load, and are converted on their next save.
 
 Search is FAISS inner product on unit vectors, i.e. cosine similarity: exact
-(``IndexFlatIP``) by default, or HNSW (``IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``) for
-catalogs of hundreds of thousands of tracks.
+(``IndexFlatIP``) up to `FLAT_MAX_TRACKS` tracks, HNSW (``IndexHNSWFlat`` with
+``METRIC_INNER_PRODUCT``) above, unless asked otherwise. Exact search reads the whole matrix
+per query, 2 KB per 512-d track: a few milliseconds at GTZAN's (1k) and SONICS' (tens of
+thousands) sizes, where HNSW only adds a graph to build and a recall below 1
+(benchmarks/results/hnsw.json). An HNSW index picks its ``efSearch`` on its own catalog so
+that recall@5 reaches 0.95 (`CatalogIndex.tune_ef_search`) and stores it in ``meta.json``.
+
+A query never gets itself back: `CatalogIndex.search` drops every catalog row of the query's
+track id and every row whose resolved absolute path is the query's, together with the other
+excerpts (rows) of that row's track.
 
 `build_index` embeds a manifest's human tracks with a progress bar, checkpointing raw vectors
 in ``partial/`` every few files so that a killed build resumes where it stopped; re-running it
@@ -47,6 +55,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pandas as pd
+import soundfile as sf
 from tqdm import tqdm
 
 from helpers.embed import (
@@ -55,13 +64,19 @@ from helpers.embed import (
     describe_config_difference,
     embedder_from_config,
     l2_normalise,
+    legacy_policy,
+    same_space,
+    vector_space,
 )
-from helpers.io import atomic_path, read_json, write_bytes, write_csv, write_json, write_npy
-
-if os.name == "posix":
-    import fcntl
-else:  # Windows
-    import msvcrt
+from helpers.io import (
+    atomic_path,
+    file_lock,
+    read_json,
+    write_bytes,
+    write_csv,
+    write_json,
+    write_npy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +86,13 @@ DATA_FILES = ("vectors.npy", "catalog.csv", "index.faiss")
 _GENERATION = re.compile(r"data-(\d{6})")
 CATALOG_COLUMNS = ("track_id", "path", "title", "artist", "genre", "source")
 INDEX_TYPES = ("flat", "hnsw")
+#: Largest catalog built as exact search by ``index_type="auto"``: below it, one exact query
+#: costs milliseconds (benchmarks/results/hnsw.json) and HNSW would only lose recall.
+FLAT_MAX_TRACKS = 100_000
+HNSW_M = 32  # neighbours per node: memory ~ 2 * M * 4 bytes per track on top of the vector
+EF_CONSTRUCTION = 80
+#: efSearch values `CatalogIndex.tune_ef_search` tries, smallest first.
+EF_SEARCH_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 RESULT_COLUMNS = ("rank", "track_id", "similarity", "title", "artist", "genre", "path")
 
 
@@ -102,10 +124,13 @@ class CatalogIndex:
         Exact search (default, right up to ~10^5 tracks) or the HNSW graph.
     hnsw_m : int
         HNSW neighbours per node (memory ~ ``2 * m * 4`` bytes per track on top of the vector).
-    ef_search : int
-        HNSW candidate list at query time: higher = better recall, slower.
+    ef_search : int, optional
+        HNSW candidate list at query time: higher = better recall, slower. ``None`` picks it
+        with `tune_ef_search` (recall@5 >= 0.95 on this catalog) when the graph is built.
     ef_construction : int
         HNSW candidate list while building.
+    ef_tuning : dict, optional
+        What `tune_ef_search` measured (stored in ``meta.json``).
 
     Examples
     --------
@@ -119,10 +144,11 @@ class CatalogIndex:
         catalog: pd.DataFrame,
         embedder_config: dict[str, Any],
         index_type: str = "flat",
-        hnsw_m: int = 32,
-        ef_search: int = 64,
-        ef_construction: int = 80,
+        hnsw_m: int = HNSW_M,
+        ef_search: int | None = None,
+        ef_construction: int = EF_CONSTRUCTION,
         created: str | None = None,
+        ef_tuning: dict[str, Any] | None = None,
     ) -> None:
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -132,6 +158,10 @@ class CatalogIndex:
         if len(catalog) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors but {len(catalog)} catalog rows")
         self.embedder_config = canonical_config(embedder_config)
+        if "policy" not in self.embedder_config:
+            self.embedder_config["policy"] = legacy_policy(self.embedder_config)
+            log.info("index built before audio policies were stored: using the one it was "
+                     "built with, %s", self.embedder_config["policy"]["description"])
         if "dim" in self.embedder_config and self.embedder_config["dim"] != vectors.shape[1]:
             raise ValueError(f"vectors have dim {vectors.shape[1]}, the embedder "
                              f"{self.embedder_config['dim']}")
@@ -141,8 +171,9 @@ class CatalogIndex:
         self.catalog = _catalog_frame(catalog)
         self.index_type = index_type
         self.hnsw_m = int(hnsw_m)
-        self.ef_search = int(ef_search)
+        self.ef_search = None if ef_search is None else int(ef_search)
         self.ef_construction = int(ef_construction)
+        self.ef_tuning = ef_tuning
         self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._faiss: faiss.Index | None = None
 
@@ -164,7 +195,7 @@ class CatalogIndex:
             "count": len(self),
             "index_type": self.index_type,
             "hnsw": {"m": self.hnsw_m, "ef_search": self.ef_search,
-                     "ef_construction": self.ef_construction},
+                     "ef_construction": self.ef_construction, "ef_tuning": self.ef_tuning},
             "created": self.created,
             "metric": "cosine (inner product of L2-normalised vectors)",
         }
@@ -175,9 +206,11 @@ class CatalogIndex:
 
     @property
     def faiss_index(self) -> faiss.Index:
-        """The FAISS index, built from `vectors` on first use."""
+        """The FAISS index, built from `vectors` on first use (HNSW: efSearch tuned then)."""
         if self._faiss is None:
             self._faiss = self._build_faiss(self.vectors)
+            if self.index_type == "hnsw" and self.ef_search is None:
+                self.tune_ef_search()
         return self._faiss
 
     def _new_faiss(self) -> faiss.Index:
@@ -185,7 +218,7 @@ class CatalogIndex:
             return faiss.IndexFlatIP(self.dim)
         index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
-        index.hnsw.efSearch = self.ef_search
+        index.hnsw.efSearch = self.ef_search or EF_SEARCH_LADDER[0]
         return index
 
     def _build_faiss(self, vectors: np.ndarray) -> faiss.Index:
@@ -199,6 +232,61 @@ class CatalogIndex:
         self.ef_search = int(ef_search)
         if self._faiss is not None and self.index_type == "hnsw":
             self._faiss.hnsw.efSearch = self.ef_search
+
+    def tune_ef_search(self, target: float = 0.95, k: int = 5, n_queries: int = 200,
+                       seed: int = 0) -> dict[str, Any]:
+        """Set the smallest efSearch whose recall@k on this catalog reaches `target`.
+
+        Catalog vectors serve as queries (each one's own row left out of both lists) and
+        exact search gives the truth, so the choice fits this catalog's size and structure:
+        random 512-d vectors need a far larger efSearch than clustered ones
+        (benchmarks/results/hnsw.json).
+
+        Parameters
+        ----------
+        target : float
+            Recall@k to reach.
+        k : int
+        n_queries : int
+            Catalog vectors used as queries (sampled with `seed`).
+
+        Returns
+        -------
+        dict
+            ``ef_search``, ``recall_at_k`` (measured), ``k``, ``target``, ``n_queries``,
+            ``n`` (catalog size); also kept in `ef_tuning` and ``meta.json``. When even the
+            largest value of `EF_SEARCH_LADDER` misses the target it is used and a warning
+            says that exact search is the better choice.
+        """
+        if self.index_type != "hnsw":
+            raise ValueError("tune_ef_search is for HNSW indexes; flat search is exact")
+        if self._faiss is None:
+            self._faiss = self._build_faiss(self.vectors)
+        graph = self._faiss
+        rng = np.random.default_rng(seed)
+        ids = np.sort(rng.choice(len(self), size=min(n_queries, len(self)), replace=False))
+        q = self.vectors[ids]
+        kk = min(k, len(self) - 1)
+        result = {"ef_search": EF_SEARCH_LADDER[0], "recall_at_k": 1.0, "k": int(k),
+                  "target": float(target), "n_queries": len(ids), "n": len(self)}
+        if kk >= 1:
+            truth = _exact_neighbours(q, ids, self.vectors, kk)
+            for ef in EF_SEARCH_LADDER:
+                graph.hnsw.efSearch = max(ef, kk + 1)
+                _, found = graph.search(q, kk + 1)  # (n_queries, kk + 1), the query included
+                recall = np.mean([len(set(t) & (set(f) - {i})) / kk
+                                  for t, f, i in zip(truth, found, ids)])
+                result.update(ef_search=int(ef), recall_at_k=float(recall))
+                if recall >= target:
+                    break
+            else:
+                log.warning("HNSW recall@%d is %.3f < %.2f at efSearch %d on %d tracks: exact "
+                            "search (index_type='flat') is the better choice here", kk,
+                            recall, target, ef, len(self))
+        self.ef_tuning = result
+        self.set_ef_search(result["ef_search"])
+        return result
+
 
     # -- embedder compatibility ----------------------------------------------------------
     def check_embedder(self, embedder: Embedder) -> Embedder:
@@ -214,12 +302,11 @@ class CatalogIndex:
         """
         own = self.embedder_config
         got = embedder.config()
-        same_space = {k: got[k] for k in ("name", "dim", "params")} == {
-            k: own.get(k) for k in ("name", "dim", "params")}
-        if same_space and got.get("state") is None and own.get("state") is not None:
+        if (got.get("state") is None and own.get("state") is not None
+                and same_space({**got, "state": None}, {**own, "state": None})):
             embedder = embedder.with_state(own["state"])
             got = embedder.config()
-        if got != own:
+        if not same_space(got, own):
             raise ValueError(
                 f"embedder {got['name']!r} does not match the index (built with "
                 f"{own.get('name')!r}): {describe_config_difference(own, got)}. Query with "
@@ -336,6 +423,10 @@ class CatalogIndex:
         self.catalog = pd.concat([self.catalog, rows], ignore_index=True)
         if self._faiss is not None:
             self._faiss.add(vectors)
+            if self.index_type == "hnsw":  # a bigger graph may need a larger efSearch
+                self.tune_ef_search()
+        elif self.index_type == "hnsw":
+            self.ef_search = None  # tuned when the graph is built
 
     # -- storage -------------------------------------------------------------------------
     def save(self, out_dir: str | os.PathLike) -> Path:
@@ -407,7 +498,7 @@ class CatalogIndex:
                     raise
         if ef_search is not None:
             index.ef_search = int(ef_search)
-        if index._faiss is not None and index.index_type == "hnsw":
+        if index._faiss is not None and index.index_type == "hnsw" and index.ef_search:
             index._faiss.hnsw.efSearch = index.ef_search
         return index
 
@@ -421,12 +512,33 @@ class CatalogIndex:
         vectors = _read_vectors(files["vectors"], meta)
         catalog = _read_catalog(files["catalog"], meta)
         hnsw = meta.get("hnsw", {})
+        # Indexes written before tuning kept a fixed efSearch of 64 (recall@5 0.21 at 50k
+        # random vectors): those are tuned again on first use.
+        tuned = hnsw.get("ef_tuning") is not None
         index = cls(vectors, catalog, meta["embedder"], index_type=meta["index_type"],
-                    hnsw_m=hnsw.get("m", 32), ef_search=hnsw.get("ef_search", 64),
-                    ef_construction=hnsw.get("ef_construction", 80), created=meta.get("created"))
+                    hnsw_m=hnsw.get("m", HNSW_M),
+                    ef_search=hnsw.get("ef_search") if tuned else None,
+                    ef_construction=hnsw.get("ef_construction", EF_CONSTRUCTION),
+                    created=meta.get("created"), ef_tuning=hnsw.get("ef_tuning"))
         if index.index_type == "hnsw" and files["graph"].is_file():
             index._faiss = _read_cached_graph(files["graph"], index)
+            if index._faiss is not None and not tuned:
+                index.tune_ef_search()
         return index
+
+
+def _exact_neighbours(q: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int,
+                      block: int = 16) -> np.ndarray:
+    """Exact top-`k` rows ``(len(q), k)`` for catalog rows `ids` (vectors `q`), self excluded.
+
+    Blocked so that memory stays at ``block * n`` floats for catalogs of millions.
+    """
+    out = np.empty((len(q), k), dtype=np.int64)
+    for start in range(0, len(q), block):
+        sims = q[start:start + block] @ vectors.T  # (block, n)
+        sims[np.arange(len(sims)), ids[start:start + block]] = -np.inf
+        out[start:start + block] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -462,9 +574,8 @@ def index_files(index_dir: str | os.PathLike,
 def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """Hold the exclusive lock of an index folder (created when missing); waits for it.
 
-    The lock is the OS's advisory lock on ``folder/index.lock``, released by the OS when the
-    holder dies, so a killed build never leaves the folder locked. File systems that refuse
-    locks (some network mounts) get a warning and no lock.
+    The lock is `helpers.io.file_lock` on ``folder/index.lock``, released by the OS when the
+    holder dies, so a killed build never leaves the folder locked.
 
     Yields
     ------
@@ -473,44 +584,8 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "a+b") as handle:
-        locked = _lock(handle, folder)
-        try:
-            yield folder
-        finally:
-            if locked:
-                _unlock(handle)
-
-
-def _lock(handle: Any, folder: Path) -> bool:
-    """Lock `handle`'s file, waiting (with one log line) while another process holds it."""
-    try:
-        if os.name == "posix":
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("%s: another build holds %s; waiting for it", folder, LOCK_NAME)
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        else:
-            while True:
-                try:  # LK_LOCK retries for 10 s, then raises: keep waiting
-                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:
-                    log.info("%s: another build holds %s; waiting for it", folder, LOCK_NAME)
-    except OSError as err:
-        log.warning("%s: cannot lock %s (%s); do not run two builds on it at once", folder,
-                    LOCK_NAME, err)
-        return False
-    return True
-
-
-def _unlock(handle: Any) -> None:
-    if os.name == "posix":
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    else:
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+    with file_lock(folder / LOCK_NAME, "another index build"):
+        yield folder
 
 
 def _read_meta(d: Path) -> dict[str, Any]:
@@ -611,7 +686,7 @@ class _Partial:
 
     def __init__(self, folder: Path, embedder: Embedder) -> None:
         self.folder = folder
-        self.spec = {k: embedder.config()[k] for k in ("name", "dim", "params")}
+        self.spec = {k: v for k, v in vector_space(embedder.config()).items() if k != "state"}
 
     def load(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Done paths -> raw vector, failed paths -> error, from earlier runs."""
@@ -620,7 +695,9 @@ class _Partial:
         if not self.folder.is_dir():
             return vectors, errors
         spec_path = self.folder / "embedder.json"
-        if spec_path.is_file() and read_json(spec_path) != canonical_config(self.spec):
+        # a checkpoint from before policies has none: vector_space gives it the legacy one
+        if spec_path.is_file() and not same_space({**read_json(spec_path), "state": None},
+                                                  {**self.spec, "state": None}):
             raise ValueError(
                 f"{self.folder}: a build with another embedder was interrupted here "
                 f"({describe_config_difference(read_json(spec_path), self.spec)}); delete the "

@@ -30,6 +30,7 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
+    import msvcrt
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +174,12 @@ def file_lock(path: str | os.PathLike, what: str = "another process") -> Iterato
     """Hold an exclusive lock on `path` (created if missing), waiting while another holds it.
 
     Shared on-disk state (a feature cache, an index folder, numba's kernel cache) is changed
-    only under this lock. It is a POSIX record lock (``fcntl.lockf``): the kernel releases it
-    when the process dies, so a killed job never blocks the next one, and forked pool workers
-    do not inherit it. Locks are per process: threads of one process are not kept apart.
-    Where there is no ``fcntl`` (Windows) or the file system refuses locks, a warning is logged
-    once and the block runs unlocked.
+    only under this lock. On POSIX it is a record lock (``fcntl.lockf``): the kernel releases
+    it when the process dies, so a killed job never blocks the next one, and forked pool
+    workers do not inherit it. Locks are per process: threads of one process are not kept
+    apart, and a nested lock on the same file in one process does not block. On Windows it is
+    ``msvcrt.locking`` on the first byte. Where the file system refuses locks (some network
+    mounts), a warning is logged and the block runs unlocked.
 
     Parameters
     ----------
@@ -187,23 +189,44 @@ def file_lock(path: str | os.PathLike, what: str = "another process") -> Iterato
         Named in the log line shown while waiting, e.g. ``"another preprocess"``.
     """
     path = Path(path)
-    if fcntl is None:
-        log.warning("%s: no file locks on this platform; run one job at a time here", path)
-        yield
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as handle:  # "a": create, never truncate
         try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(handle, path, what)
         except OSError as err:
-            if err.errno not in (errno.EACCES, errno.EAGAIN):
-                log.warning("%s: this file system refuses file locks (%s); run one job at a "
-                            "time here", path, err.strerror)
-                yield
-                return
-            log.info("%s: %s holds this lock; waiting for it", path, what)
-            fcntl.lockf(handle, fcntl.LOCK_EX)
+            log.warning("%s: this file system refuses file locks (%s); run one job at a time "
+                        "here", path, err.strerror)
+            yield
+            return
         try:
             yield
         finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
+            _unlock(handle)
+
+
+def _lock(handle: Any, path: Path, what: str) -> None:
+    if fcntl is not None:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+        log.info("%s: %s holds this lock; waiting for it", path, what)
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        return
+    handle.seek(0)
+    while True:
+        try:  # LK_LOCK retries for 10 s, then raises: keep waiting
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+            return
+        except OSError:
+            log.info("%s: %s holds this lock; waiting for it", path, what)
+
+
+def _unlock(handle: Any) -> None:
+    if fcntl is not None:
+        fcntl.lockf(handle, fcntl.LOCK_UN)
+    else:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
