@@ -331,18 +331,93 @@ def combine(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return validate_manifest(pd.concat(list(frames), ignore_index=True), name="combined")
 
 
-def balance(frame: pd.DataFrame, per_class: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """Subsample to at most `per_class` clips per label and split, keeping split proportions.
+def balance(frame: pd.DataFrame, per_class: int | None = None, seed: int = 0,
+            stratify: str | None = "source") -> pd.DataFrame:
+    """At most `per_class` training clips per class, every split with equal classes.
 
-    The per-class limit applies to ``train``; ``val`` and ``test`` are cut in proportion, so a
-    Colab disk holds the subset and the evaluation splits keep their share.
+    ``train`` keeps ``min(per_class, clips of the smaller class)`` clips of each class. ``val``
+    and ``test`` keep, per class, the training count times the larger of the two classes' own
+    split-to-train ratios (so a source with a small validation split does not starve it),
+    capped by what the smaller class has there: every split ends with as many clips of each
+    class as the data allows. When a class cannot fill its quota a warning names it.
+
+    Parameters
+    ----------
+    frame : pd.DataFrame
+        A validated manifest.
+    per_class : int, optional
+        The training quota per class; ``None`` returns `frame` unchanged (all clips, classes
+        as unequal as the sources are).
+    seed : int
+        Seed of the draw; the same seed and table give the same subset, so an interrupted
+        download resumes the same files.
+    stratify : str, optional
+        Column whose groups (e.g. ``source``: Suno vs Udio, GTZAN vs YouTube) keep their
+        shares within a class; ``None`` draws uniformly.
+
+    Returns
+    -------
+    pd.DataFrame
+        The chosen rows, in their original order.
     """
     if per_class is None:
         return frame
-    train_n = frame[frame["split"] == "train"].groupby("label").size()
-    scale = min(1.0, per_class / max(int(train_n.max()) if len(train_n) else 1, 1))
-    parts = []
-    for (_split, _label), group in frame.groupby(["split", "label"], sort=False):
-        n = min(len(group), max(1, int(round(len(group) * scale))))
-        parts.append(group.sample(n=n, random_state=seed) if n < len(group) else group)
-    return pd.concat(parts).sort_index().reset_index(drop=True)
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    counts = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
+    counts = counts.reindex(index=list(SPLITS), fill_value=0)
+    targets = _split_targets(counts, per_class)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for (split, _label), group in frame.groupby(["split", "label"], sort=True):
+        keep.extend(_stratified_sample(group, targets[split], stratify, rng))
+    return frame.loc[sorted(keep)].reset_index(drop=True)
+
+
+def _split_targets(counts: pd.DataFrame, per_class: int) -> dict[str, int]:
+    """Clips per class in each split (see `balance`); warns when a class limits a split."""
+    train = counts.loc["train"]
+    n_train = int(min(per_class, train.min()))
+    targets = {"train": n_train}
+    if train.min() < per_class:
+        _warn_short("train", counts.loc["train"], per_class)
+    for split in ("val", "test"):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = (counts.loc[split] / train.replace(0, np.nan)).fillna(0.0)
+        wanted = int(round(n_train * float(ratios.max()))) if len(ratios) else 0
+        available = int(counts.loc[split].min())
+        if available < wanted:
+            _warn_short(split, counts.loc[split], wanted)
+        targets[split] = min(wanted, available)
+    return targets
+
+
+def _warn_short(split: str, available: pd.Series, wanted: int) -> None:
+    smaller = available.idxmin()
+    others = ", ".join(str(label) for label in available.index if label != smaller)
+    log.warning(
+        "%s: class '%s' has only %d clip(s), fewer than the %d wanted; %s cut to %d as well "
+        "so the classes stay equal", split, smaller, int(available.min()), wanted,
+        others or "no other class", int(available.min()),
+    )
+
+
+def _stratified_sample(group: pd.DataFrame, n: int, stratify: str | None,
+                       rng: np.random.Generator) -> list:
+    """Index labels of `n` rows of `group`, each `stratify` group in proportion to its size."""
+    if n >= len(group):
+        return list(group.index)
+    if stratify is None or stratify not in group.columns:
+        return list(rng.choice(group.index.to_numpy(), size=n, replace=False))
+    sizes = group.groupby(stratify, sort=True).size()
+    exact = sizes / sizes.sum() * n
+    quota = np.floor(exact).astype(int)
+    # Largest remainders get the clips that flooring left over.
+    leftover = n - int(quota.sum())
+    order = (exact - quota).sort_values(ascending=False, kind="stable").index[:leftover]
+    quota[order] += 1
+    chosen = []
+    for value, k in quota.items():
+        rows = group.index[group[stratify] == value].to_numpy()
+        chosen.extend(rng.choice(rows, size=int(k), replace=False))
+    return chosen

@@ -21,6 +21,19 @@ def tone(seconds: float, sr: int, freq: float = 440.0, channels: int = 1,
     return y.astype(np.float32)
 
 
+def music(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
+    """Harmonic tones with note changes plus a little noise: broadband enough for codecs."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    f0 = rng.choice([220.0, 277.2, 329.6, 392.0], size=n // (sr // 4) + 1)[
+        np.arange(n) // (sr // 4)]
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    y = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.6 + 0.4 * np.sin(2 * np.pi * t))
+    y = y + 0.02 * rng.standard_normal(n)
+    return (0.3 * y / np.max(np.abs(y))).astype(np.float32)
+
+
 @pytest.fixture
 def write_audio(tmp_path: Path):
     """Write audio to tmp_path and return its path: write_audio(name, y, sr)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -108,18 +109,40 @@ def test_fingerprint_ignores_row_order_but_not_labels(audio_folder):
     assert manifest_fingerprint(m) != manifest_fingerprint(flipped)
 
 
-def test_balance_limits_training_clips_per_class():
-    frame = pd.DataFrame({
-        "path": [f"{i}.wav" for i in range(200)],
-        "label": ["ai"] * 150 + ["human"] * 50,
-        "split": (["train"] * 100 + ["test"] * 50) + (["train"] * 40 + ["test"] * 10),
-    })
-    small = balance(frame, per_class=20, seed=0)
-    counts = small.groupby(["split", "label"]).size()
-    assert counts[("train", "ai")] == 20
-    assert counts[("train", "human")] == 8
-    assert counts[("test", "ai")] == 10
-    assert balance(frame, per_class=20, seed=0).equals(small)
+def _sonics_and_gtzan(n_ai: int = 49_000, n_human: int = 1_000) -> pd.DataFrame:
+    """A manifest shaped like SONICS (AI, official split, Suno/Udio) + GTZAN (human)."""
+    rng = np.random.default_rng(0)
+    ai = pd.DataFrame({"path": [f"ai/{i}.mp3" for i in range(n_ai)], "label": "ai",
+                       "split": rng.choice(["train", "val", "test"], n_ai, p=[0.8, 0.05, 0.15]),
+                       "source": rng.choice(["sonics-suno", "sonics-udio"], n_ai, p=[0.7, 0.3])})
+    human = pd.DataFrame({"path": [f"gtzan/{i}.wav" for i in range(n_human)], "label": "human",
+                          "split": assign_splits(range(n_human)), "source": "gtzan"})
+    return pd.concat([ai, human], ignore_index=True)
+
+
+def test_balance_gives_equal_classes_at_realistic_scale(caplog):
+    frame = _sonics_and_gtzan()
+    counts = balance(frame, per_class=100, seed=0).groupby(["split", "label"]).size()
+    human = frame[frame["label"] == "human"]["split"].value_counts()
+    assert counts[("train", "ai")] == counts[("train", "human")] == 100
+    for split in ("val", "test"):  # in proportion to GTZAN's split, the larger share
+        expected = round(100 * human[split] / human["train"])
+        assert counts[(split, "ai")] == counts[(split, "human")] == expected
+    with caplog.at_level(logging.WARNING, logger="helpers.datasets"):
+        big = balance(frame, per_class=2000, seed=0).groupby(["split", "label"]).size()
+    assert big[("train", "ai")] == big[("train", "human")] == human["train"]
+    assert big[("test", "ai")] == big[("test", "human")] == human["test"]
+    assert "train: class 'human' has only" in caplog.text and "ai cut to" in caplog.text
+
+
+def test_balance_keeps_generator_shares_and_is_reproducible():
+    frame = _sonics_and_gtzan()
+    small = balance(frame, per_class=200, seed=3)
+    ai = small[(small["label"] == "ai") & (small["split"] == "train")]
+    assert ai["source"].value_counts().to_dict() == {"sonics-suno": 140, "sonics-udio": 60}
+    assert balance(frame, per_class=200, seed=3).equals(small)
+    assert not balance(frame, per_class=200, seed=4).equals(small)
+    assert balance(frame, per_class=None) is frame
 
 
 def test_a_track_in_two_splits_is_refused(tmp_path):

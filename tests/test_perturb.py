@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from conftest import tone
+from conftest import music, tone
 
 from helpers.datasets import load_manifest
 from helpers.perturb import (
@@ -18,19 +18,6 @@ from helpers.perturb import (
 )
 
 SR = 22_050
-
-
-def _music(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
-    """Harmonic tones with note changes plus a little noise: broadband enough for codecs."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
-    f0 = rng.choice([220.0, 277.2, 329.6, 392.0], size=n // (sr // 4) + 1)[
-        np.arange(n) // (sr // 4)]
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    y = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.6 + 0.4 * np.sin(2 * np.pi * t))
-    y = y + 0.02 * rng.standard_normal(n)
-    return (0.3 * y / np.max(np.abs(y))).astype(np.float32)
 
 
 def _peak_hz(y: np.ndarray, sr: int) -> float:
@@ -51,7 +38,7 @@ def _lag(reference: np.ndarray, y: np.ndarray, max_lag: int) -> int:
 
 
 def test_every_perturbation_keeps_rate_and_expected_length():
-    y = _music(6.0, SR)
+    y = music(6.0, SR)
     for name in PERTURBATIONS:
         z = apply_perturbation(name, y, SR, np.random.default_rng(0))
         assert z.dtype == np.float32 and z.ndim == 1 and np.isfinite(z).all(), name
@@ -68,7 +55,7 @@ def test_every_perturbation_keeps_rate_and_expected_length():
 
 
 def test_clean_is_identity_and_unknown_names_fail_helpfully():
-    y = _music(1.0, SR)
+    y = music(1.0, SR)
     assert np.array_equal(apply_perturbation("clean", y, SR), y)
     with pytest.raises(KeyError, match="registered"):
         apply_perturbation("vinyl_crackle", y, SR)
@@ -112,7 +99,7 @@ def test_lowpass_removes_energy_above_8khz():
 
 @pytest.mark.parametrize("snr", [30, 20])
 def test_noise_is_added_at_the_target_snr(snr):
-    y = _music(3.0, SR)
+    y = music(3.0, SR)
     z = apply_perturbation(f"noise{snr}dB", y, SR, np.random.default_rng(1))
     measured = 10 * np.log10(np.mean(y.astype(float) ** 2) / np.mean((z - y).astype(float) ** 2))
     assert measured == pytest.approx(snr, abs=0.5)
@@ -126,14 +113,14 @@ def test_aac_is_registered_when_pyav_is_installed():
 
 @pytest.mark.parametrize("db", [-6, 6])
 def test_gain_changes_the_level_by_the_given_db(db):
-    y = _music(1.0, SR)  # peak 0.3: +6 dB stays below full scale
+    y = music(1.0, SR)  # peak 0.3: +6 dB stays below full scale
     z = apply_perturbation(f"gain{db:+d}dB", y, SR)
     assert _rms_db(z) - _rms_db(y) == pytest.approx(db, abs=0.01)
     assert np.corrcoef(y, z)[0, 1] > 0.9999  # a level change, not a different signal
 
 
 def test_gain_clips_at_full_scale_like_a_pcm_file():
-    y = 3 * _music(1.0, SR)  # peak 0.9
+    y = 3 * music(1.0, SR)  # peak 0.9
     z = apply_perturbation("gain+6dB", y, SR)
     assert np.max(np.abs(z)) == pytest.approx(1.0)
     loud = np.abs(y) * 10 ** (6 / 20) > 1.0
@@ -144,7 +131,7 @@ def test_gain_clips_at_full_scale_like_a_pcm_file():
 @pytest.mark.parametrize("name", [n for n in PERTURBATIONS if n.split("_")[0] in
                                   ("mp3", "aac", "opus")])
 def test_codec_round_trips_keep_length_and_timing(name):
-    y = _music(3.0, SR)
+    y = music(3.0, SR)
     z = apply_perturbation(name, y, SR)
     assert len(z) == len(y)
     # an encoder delay left in (AAC: 1024 samples at 44.1 kHz, Opus: 312 at 48 kHz) shifts

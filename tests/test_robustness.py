@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from conftest import music
 
 from helpers import robustness
 from helpers.config import FrontEndConfig
@@ -20,19 +21,6 @@ from helpers.run import score_files
 from helpers.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _music(seconds: float, sr: int, seed: int = 0) -> np.ndarray:
-    """Harmonic tones with note changes plus a little noise: broadband enough for codecs."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
-    f0 = rng.choice([220.0, 277.2, 329.6, 392.0], size=n // (sr // 4) + 1)[
-        np.arange(n) // (sr // 4)]
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    y = sum(np.sin(k * phase) / k for k in range(1, 12)) * (0.6 + 0.4 * np.sin(2 * np.pi * t))
-    y = y + 0.02 * rng.standard_normal(n)
-    return (0.3 * y / np.max(np.abs(y))).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------
@@ -122,7 +110,7 @@ def _songs(folder, n: int, sr: int = 16_000) -> list:
     for i in range(n):
         path = folder / f"song{i}.wav"
         path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, _music(2.0, sr, seed=i), sr)
+        sf.write(path, music(2.0, sr, seed=i), sr)
         paths.append(path)
     return paths
 
