@@ -65,10 +65,12 @@ DISK_HEADROOM_BYTES = 1 << 30
 _SIZE_COLUMNS = ("size", "filesize", "file_size", "size_bytes", "bytes")
 
 CREDENTIALS_HELP = (
-    "Kaggle credentials not found. Either (1) on Colab, add the secrets KAGGLE_USERNAME and "
-    "KAGGLE_KEY (key icon in the left bar) and allow this notebook to read them; (2) set the "
-    "environment variables KAGGLE_USERNAME and KAGGLE_KEY; or (3) put kaggle.json from "
-    "https://www.kaggle.com/settings (API > Create New Token) in ~/.kaggle/kaggle.json."
+    "Kaggle credentials not found. Create an API token at https://www.kaggle.com/settings "
+    "(API > Generate New Token), then either (1) on Colab, add it as the secret "
+    "KAGGLE_API_TOKEN (key icon in the left bar) and let this notebook read it; (2) set the "
+    "environment variable KAGGLE_API_TOKEN; or (3) save it in ~/.kaggle/access_token. The "
+    "legacy pair KAGGLE_USERNAME/KAGGLE_KEY (environment or Colab secrets) and "
+    "~/.kaggle/kaggle.json still work."
 )
 
 
@@ -79,22 +81,49 @@ class DiskSpaceError(RuntimeError):
 def kaggle_credentials_source() -> str | None:
     """Find Kaggle credentials and export them for kagglehub; returns where they came from.
 
-    Order: environment variables, Colab secrets, ``~/.kaggle/kaggle.json``. Returns ``None``
-    when there are none (public datasets may still download without them).
+    Order, as kagglehub reads them: the ``KAGGLE_API_TOKEN`` environment variable, the token
+    file ``~/.kaggle/access_token``, the legacy ``KAGGLE_USERNAME``/``KAGGLE_KEY`` pair, Colab
+    secrets (``KAGGLE_API_TOKEN``, or the legacy pair; exported to the environment here so
+    every later kagglehub call sees them), and the legacy ``kaggle.json`` (in
+    ``KAGGLE_CONFIG_DIR`` when set). Returns ``None`` when there are none (public datasets
+    may still download without them).
     """
+    if os.environ.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    kaggle_dir = Path.home() / ".kaggle"
+    if any((kaggle_dir / name).is_file() for name in ("access_token", "access_token.txt")):
+        return "access_token"
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return "environment"
-    try:
-        from google.colab import userdata  # type: ignore[import-not-found]
-
-        username, key = userdata.get("KAGGLE_USERNAME"), userdata.get("KAGGLE_KEY")
-        if username and key:
-            os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"] = username, key
-            return "colab-secrets"
-    except Exception:  # noqa: BLE001 - not on Colab, or the secret is not shared
-        pass
-    if (Path.home() / ".kaggle" / "kaggle.json").is_file():
+    found = _colab_secrets()
+    if found:
+        return found
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR") or kaggle_dir)
+    if (config_dir / "kaggle.json").is_file():
         return "kaggle.json"
+    return None
+
+
+def _colab_secrets() -> str | None:
+    try:
+        from google.colab import userdata  # type: ignore[import-not-found]  # Colab only
+    except ImportError:
+        return None
+
+    def secret(name: str) -> str | None:
+        try:
+            return userdata.get(name)
+        except Exception:  # noqa: BLE001 - not defined, or not shared with this notebook
+            return None
+
+    token = secret("KAGGLE_API_TOKEN")
+    if token:
+        os.environ["KAGGLE_API_TOKEN"] = token
+        return "colab-secret KAGGLE_API_TOKEN"
+    username, key = secret("KAGGLE_USERNAME"), secret("KAGGLE_KEY")
+    if username and key:
+        os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"] = username, key
+        return "colab-secrets KAGGLE_USERNAME/KAGGLE_KEY"
     return None
 
 

@@ -8,6 +8,7 @@ GTZAN-shaped one, and records every request.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import types
 from collections import namedtuple
@@ -239,15 +240,45 @@ def test_cache_dir_moves_kagglehubs_cache(hub, tmp_path):
     assert m["path"].str.startswith(str(drive)).all()
 
 
-def test_missing_credentials_message(monkeypatch, tmp_path):
-    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+def test_credentials_current_token_flow_first_then_legacy(monkeypatch, tmp_path):
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert sources.kaggle_credentials_source() is None
-    assert "KAGGLE_USERNAME" in sources.CREDENTIALS_HELP
-    (tmp_path / ".kaggle").mkdir()
-    (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    assert "KAGGLE_API_TOKEN" in sources.CREDENTIALS_HELP
+    kaggle = tmp_path / ".kaggle"
+    kaggle.mkdir()
+    (kaggle / "kaggle.json").write_text('{"username": "u", "key": "k"}')
     assert sources.kaggle_credentials_source() == "kaggle.json"
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+    assert sources.kaggle_credentials_source() == "environment"
+    (kaggle / "access_token").write_text("KGAT_abc")
+    assert sources.kaggle_credentials_source() == "access_token"
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_def")
+    assert sources.kaggle_credentials_source() == "KAGGLE_API_TOKEN"
+
+
+def test_colab_token_secret_is_exported_for_kagglehub(monkeypatch, tmp_path):
+    import sys
+    import types
+
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    secrets = {"KAGGLE_API_TOKEN": "KGAT_colab"}
+
+    def get(name):
+        if name not in secrets:
+            raise KeyError(name)  # what Colab's userdata does for an unknown secret
+        return secrets[name]
+
+    colab = types.ModuleType("google.colab")
+    colab.userdata = types.SimpleNamespace(get=get)
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    assert sources.kaggle_credentials_source() == "colab-secret KAGGLE_API_TOKEN"
+    assert os.environ["KAGGLE_API_TOKEN"] == "KGAT_colab"
 
 
 # --- YouTube (SONICS' human songs) with a stand-in yt_dlp ---------------------------------
