@@ -8,13 +8,20 @@ it, and refuses queries from an embedder whose config differs (`helpers.index`).
 Three embedders:
 
 * ``openl3`` (`OpenL3Embedder`): OpenL3 mel256/music/512 frame embeddings every 0.5 s,
-  averaged over the clip and L2-normalised. These are the settings of OpenL3's entry in the
-  HEAR benchmark (scene embeddings = mean of frames at a 0.5 s hop), the usual pretrained
-  music baseline. Needs the official weights (`helpers.openl3.weights_available`).
+  averaged over the clip and L2-normalised: the usual pretrained music baseline, at the
+  smaller of its two published sizes (the original package, and HEAR's OpenL3 wrappers,
+  default to 6144-d). Needs the official weights (`helpers.openl3.weights_available`).
 * ``features`` (`FeatureEmbedder`): 93 classic librosa descriptors (timbre, harmony, spectral
   shape, loudness, rhythm), standardised per dimension with statistics *fitted on the
   catalog*, then L2-normalised. Works offline, no weights.
 * ``classifier`` (`ClassifierEmbedder`): the pooled vector of a trained Model 1 run.
+
+One `AudioPolicy` decides which seconds of a song its vector describes (the first 30 s by
+default, or the centre 30 s), for the catalog and for queries alike: `Embedder.embed_file`
+and `Embedder.embed_audio` both apply it, so a catalog file queried as audio gets its own
+catalog vector back. `Embedder.embed_windows` (the CLI's ``recommend --windows``) embeds each
+window of the whole song under the same policy and averages the window vectors. The policy is
+part of `Embedder.config`, hence of an index's ``meta.json``.
 
 Vectors are computed in two steps so that embedders with fitted state stay consistent:
 ``embed_raw_*`` gives the un-normalised descriptor, `Embedder.transform` maps raw vectors
@@ -31,6 +38,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +54,7 @@ from helpers.openl3 import (
     get_audio_embedding,
     load_audio_embedding_model,
     weights_available,
+    weights_command,
     weights_path,
 )
 from helpers.run import load_run
@@ -57,6 +66,97 @@ EMBEDDERS = ("openl3", "features", "classifier")
 # Errors that mean "this file cannot be embedded" (AudioError is a ValueError); anything else
 # is a bug and should stop the run.
 _FILE_ERRORS = (ValueError, OSError, RuntimeError, EOFError)
+
+
+POSITIONS = ("start", "centre")
+_SILENT_PEAK = 1e-4  # a window this quiet is a pause between tracks, not music
+
+
+@dataclass(frozen=True)
+class AudioPolicy:
+    """Which audio of a song its vector describes: one policy for the catalog and queries.
+
+    Parameters
+    ----------
+    seconds : float or None
+        Length of the excerpt; ``None`` is the whole file. Shorter files are used whole.
+    position : {"start", "centre"}
+        Where the excerpt lies: from the first sample, or centred on the song (which skips
+        intros, at the cost of decoding the whole file).
+    window_hop : float
+        Windows mode: hop between windows, as a fraction of `seconds`.
+
+    Notes
+    -----
+    Windows mode (`Embedder.embed_windows`) cuts the whole song into windows of `seconds`
+    (the last one ends at the song's end), embeds each one as a catalog excerpt is embedded,
+    leaves out silent windows (unless all are), and returns the mean of the unit window
+    vectors, re-normalised: the same kind of vector as the catalog's, never a whole-song one.
+    """
+
+    seconds: float | None = 30.0
+    position: str = "start"
+    window_hop: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"seconds must be > 0 or None, got {self.seconds!r}")
+        if not 0 < self.window_hop <= 1:
+            raise ValueError(f"window_hop must be in (0, 1], got {self.window_hop!r}")
+
+    @property
+    def read_seconds(self) -> float | None:
+        """Seconds to decode from the start of a file to apply the policy (None: all)."""
+        return self.seconds if self.position == "start" else None
+
+    def describe(self) -> str:
+        """E.g. ``"first 30 s"``, ``"centre 30 s"``, ``"whole file"``."""
+        if self.seconds is None:
+            return "whole file"
+        return f"{'first' if self.position == 'start' else 'centre'} {self.seconds:g} s"
+
+    def excerpt(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """The policy's excerpt of a mono signal ``(samples,)`` (a view, not a copy)."""
+        if self.seconds is None:
+            return y
+        n = int(round(self.seconds * sr))
+        if len(y) <= n:
+            return y
+        start = 0 if self.position == "start" else (len(y) - n) // 2
+        return y[start:start + n]
+
+    def window_starts(self, n_samples: int, sr: int) -> list[int]:
+        """First samples of windows mode's windows over a signal of `n_samples`."""
+        if self.seconds is None:
+            return [0]
+        width = int(round(self.seconds * sr))
+        hop = max(1, int(round(self.window_hop * width)))
+        starts = list(range(0, max(n_samples - width, 0) + 1, hop))
+        if n_samples > width and starts[-1] + width < n_samples:
+            starts.append(n_samples - width)
+        return starts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "windows": "mean of unit window vectors, re-normalised",
+                "description": self.describe()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AudioPolicy:
+        return cls(**{k: data[k] for k in ("seconds", "position", "window_hop") if k in data})
+
+
+def legacy_policy(config: dict[str, Any]) -> dict[str, Any]:
+    """The policy an embedder config stored before policies existed was built with.
+
+    The catalog was always the first ``max_seconds`` of each file (30 s, or a classifier
+    run's clip length); the record says so.
+    """
+    params = config.get("params") or {}
+    seconds = params.get("max_seconds", (params.get("frontend") or {}).get("duration", 30.0))
+    return {**AudioPolicy(seconds=seconds).to_dict(), "frame_pooling": "unrecorded",
+            "legacy": True}
 
 
 def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -107,7 +207,9 @@ class Embedder:
     dim : int
         Output dimension.
     max_seconds : float or None
-        Seconds read from the start of each file.
+        Excerpt length (`AudioPolicy.seconds`).
+    position : {"start", "centre"}
+        Where the excerpt lies (`AudioPolicy.position`).
     needs_fit : bool
         Whether `fit` must see the catalog before `transform` gives final vectors.
     """
@@ -115,7 +217,9 @@ class Embedder:
     name: str = "base"
     dim: int = 0
     max_seconds: float | None = 30.0
+    position: str = "start"
     needs_fit: bool = False
+    frame_pooling: str = "unspecified"  # how frame-level analysis becomes one vector
 
     # -- to implement ------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -154,32 +258,82 @@ class Embedder:
         return l2_normalise(raw)
 
     # -- the common surface -----------------------------------------------------------------
+    @property
+    def policy(self) -> AudioPolicy:
+        """The audio this embedder describes, for catalog files and queries alike."""
+        return AudioPolicy(seconds=self.max_seconds, position=self.position)
+
     def config(self) -> dict[str, Any]:
-        """Everything that defines the vector space: name, dim, params and fitted state.
+        """Everything that defines the vector space: name, dim, params, fitted state, policy.
 
         Two embedders give comparable vectors exactly when their configs are equal.
         """
+        policy = {**self.policy.to_dict(), "frame_pooling": self.frame_pooling}
         return canonical_config({"name": self.name, "dim": int(self.dim), "params": self.params(),
-                           "state": self.get_state()})
+                                 "state": self.get_state(), "policy": policy})
+
+    def prepare(self) -> Embedder:
+        """Load what embedding needs (model weights) now, so a missing model fails once.
+
+        Called before the first file of a batch; a no-op for embedders without a model.
+        """
+        return self
 
     def embed_raw_file(self, path: str | os.PathLike) -> np.ndarray:
-        """Raw descriptor of the first `max_seconds` of a file, shape (dim,), float32.
+        """Raw descriptor of a file's `policy` excerpt, shape (dim,), float32.
 
         Raises
         ------
         helpers.audio.AudioError
             The file cannot be read (the message names it).
         """
-        y, sr = read_audio(path, max_seconds=self.max_seconds)
-        return np.asarray(self.embed_raw_audio(y, sr), dtype=np.float32)
+        policy = self.policy
+        y, sr = read_audio(path, max_seconds=policy.read_seconds)
+        return np.asarray(self.embed_raw_audio(policy.excerpt(y, sr), sr), dtype=np.float32)
 
     def embed_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
-        """Embed a mono signal ``(samples,)`` at `sr` Hz -> ``(dim,)`` float32, unit norm."""
+        """Embed the `policy` excerpt of a mono signal ``(samples,)`` at `sr` Hz.
+
+        Returns
+        -------
+        np.ndarray, shape (dim,), float32, unit norm
+            For a catalog file's audio, its catalog vector.
+        """
         self._require_fitted()
-        return self.transform(self.embed_raw_audio(np.asarray(y, np.float32), sr)[None])[0]
+        y = self.policy.excerpt(np.asarray(y, np.float32), sr)
+        return self.transform(self.embed_raw_audio(y, sr)[None])[0]
+
+    def embed_windows(self, y: np.ndarray, sr: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Embed a whole song as the mean of its windows' vectors (see `AudioPolicy`).
+
+        Parameters
+        ----------
+        y : np.ndarray, shape (samples,)
+            The whole song, mono.
+        sr : int
+
+        Returns
+        -------
+        vector : np.ndarray, shape (dim,), float32, unit norm
+        info : dict
+            ``n_windows``, ``n_silent`` (left out), ``starts`` (s), ``policy`` (`describe`).
+        """
+        self._require_fitted()
+        policy = self.policy
+        y = np.asarray(y, np.float32)
+        width = len(y) if policy.seconds is None else int(round(policy.seconds * sr))
+        starts = policy.window_starts(len(y), sr)
+        loud = [s for s in starts if np.abs(y[s:s + width]).max(initial=0.0) > _SILENT_PEAK]
+        used = loud or starts  # all silent: embed the silence rather than nothing
+        raw = np.stack([self.embed_raw_audio(y[s:s + width], sr) for s in used])
+        vector = l2_normalise(self.transform(raw).mean(axis=0))  # (dim,)
+        info = {"n_windows": len(starts), "n_silent": len(starts) - len(loud),
+                "starts": [s / sr for s in used], "policy": policy.describe(),
+                "combine": "mean of window vectors, re-normalised"}
+        return vector, info
 
     def embed_file(self, path: str | os.PathLike) -> np.ndarray:
-        """Embed the first `max_seconds` of a file -> ``(dim,)`` float32, unit norm."""
+        """Embed a file's `policy` excerpt -> ``(dim,)`` float32, unit norm."""
         self._require_fitted()
         return self.transform(self.embed_raw_file(path)[None])[0]
 
@@ -207,6 +361,8 @@ class Embedder:
         if not raw:
             self._require_fitted()
         paths = [os.fspath(p) for p in paths]
+        if paths:
+            self.prepare()
         rows, ok, errors = [], np.zeros(len(paths), dtype=bool), []
         for i, path in enumerate(tqdm(paths, desc=f"embed ({self.name})", disable=not progress,
                                       unit="file")):
@@ -239,8 +395,8 @@ class Embedder:
 class OpenL3Embedder(Embedder):
     """OpenL3 track embedding: mean of frame embeddings, L2-normalised.
 
-    The defaults (mel256, music, 512, hop 0.5 s, mean over frames) are those of OpenL3's entry
-    in the HEAR 2021 benchmark, the usual pretrained baseline for music similarity.
+    The defaults (mel256, music, 512, hop 0.5 s, mean over frames) are a common pretrained
+    baseline for music similarity; 512 is the smaller of OpenL3's two published sizes.
 
     Parameters
     ----------
@@ -256,7 +412,9 @@ class OpenL3Embedder(Embedder):
         A Keras ``.h5`` weights file; ``None`` uses the cached official weights (loaded with
         ``download=False``: nothing is fetched by this class).
     max_seconds : float or None
-        Seconds read from the start of each file.
+        Excerpt length in seconds (`AudioPolicy`); ``None``: the whole file.
+    position : {"start", "centre"}
+        Where the excerpt lies in the song (`AudioPolicy`).
     device : str, optional
         Torch device; ``None`` picks CUDA when available.
     cache_dir : path, optional
@@ -266,6 +424,7 @@ class OpenL3Embedder(Embedder):
     """
 
     name = "openl3"
+    frame_pooling = "mean of 1 s frame embeddings"
 
     def __init__(
         self,
@@ -278,6 +437,7 @@ class OpenL3Embedder(Embedder):
         device: str | None = None,
         cache_dir: str | os.PathLike | None = None,
         batch_size: int = 32,
+        position: str = "start",
     ) -> None:
         self.input_repr = input_repr
         self.content_type = content_type
@@ -285,6 +445,7 @@ class OpenL3Embedder(Embedder):
         self.hop_size = float(hop_size)
         self.weights = weights
         self.max_seconds = max_seconds
+        self.position = AudioPolicy(max_seconds, position).position  # validated
         self.device = device
         self.cache_dir = cache_dir
         self.batch_size = int(batch_size)
@@ -305,6 +466,17 @@ class OpenL3Embedder(Embedder):
             "max_seconds": self.max_seconds,
             "pooling": "mean",
         }
+
+    def prepare(self) -> OpenL3Embedder:
+        """Load the network now.
+
+        Raises
+        ------
+        helpers.openl3.WeightsMissingError
+            The weights are not installed; the message gives the command that installs them.
+        """
+        _ = self.model
+        return self
 
     @property
     def model(self):
@@ -383,18 +555,22 @@ class FeatureEmbedder(Embedder):
     sr : int
         Analysis sample rate (files are resampled to it).
     max_seconds : float or None
-        Seconds read from the start of each file.
+        Excerpt length in seconds (`AudioPolicy`); ``None``: the whole file.
     n_fft, hop_length : int
         STFT size and hop, in samples at `sr`.
+    position : {"start", "centre"}
+        Where the excerpt lies in the song (`AudioPolicy`).
     """
 
     name = "features"
     needs_fit = True
+    frame_pooling = "mean and std of frame descriptors"
 
     def __init__(self, sr: int = 22050, max_seconds: float | None = 30.0, n_fft: int = 2048,
-                 hop_length: int = 512) -> None:
+                 hop_length: int = 512, position: str = "start") -> None:
         self.sr = int(sr)
         self.max_seconds = max_seconds
+        self.position = AudioPolicy(max_seconds, position).position  # validated
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
         self.dim = len(FEATURE_NAMES)
@@ -473,6 +649,7 @@ class ClassifierEmbedder(Embedder):
     """
 
     name = "classifier"
+    frame_pooling = "the run's pooled token vector"
 
     def __init__(self, run_dir: str | os.PathLike, device: str | None = None) -> None:
         self.run_dir = Path(run_dir)
@@ -568,6 +745,9 @@ def embedder_from_config(config: dict[str, Any], **overrides: Any) -> Embedder:
         The rebuilt embedder does not reproduce `config` (e.g. different weights).
     """
     name, params = config["name"], dict(config.get("params") or {})
+    position = (config.get("policy") or {}).get("position", "start")
+    if name in ("openl3", "features"):
+        params["position"] = position
     if name == "openl3":
         ident = params.pop("weights", "official")
         params.pop("pooling", None)
@@ -586,10 +766,28 @@ def embedder_from_config(config: dict[str, Any], **overrides: Any) -> Embedder:
     else:
         raise ValueError(f"unknown embedder {name!r} in index config")
     embedder = make_embedder(name, **kwargs).set_state(config.get("state"))
-    if embedder.config() != canonical_config(config):
+    if not same_space(embedder.config(), config):
         raise ValueError(f"rebuilt {name!r} embedder does not match the index: "
                          f"{describe_config_difference(config, embedder.config())}")
     return embedder
+
+
+def vector_space(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of an embedder config that must match for vectors to be comparable.
+
+    Name, dim, params, fitted state and the policy's settings; not the policy's words
+    (description, frame pooling), which a record from before policies cannot give. A config
+    without a policy gets `legacy_policy`.
+    """
+    config = canonical_config(config)
+    policy = config.get("policy") or legacy_policy(config)
+    config["policy"] = {k: policy.get(k) for k in ("seconds", "position", "window_hop")}
+    return config
+
+
+def same_space(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two embedder configs give comparable vectors (see `Embedder.config`)."""
+    return vector_space(a) == vector_space(b)
 
 
 def describe_config_difference(expected: dict[str, Any], got: dict[str, Any]) -> str:
@@ -603,6 +801,9 @@ def describe_config_difference(expected: dict[str, Any], got: dict[str, Any]) ->
     for key in sorted(set(pe) | set(pg)):
         if pe.get(key) != pg.get(key):
             diffs.append(f"params.{key}: index {pe.get(key)!r}, query {pg.get(key)!r}")
+    ep, gp = vector_space(expected)["policy"], vector_space(got)["policy"]
+    if ep != gp:
+        diffs.append(f"audio policy: index {ep}, query {gp}")
     if expected.get("state") != got.get("state"):
         if got.get("state") is None:
             diffs.append("state: the query embedder is not fitted (the index's is)")
@@ -612,7 +813,7 @@ def describe_config_difference(expected: dict[str, Any], got: dict[str, Any]) ->
 
 
 def default_embedder(cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> Embedder:
-    """OpenL3 (HEAR settings) when its weights are cached, else classic features.
+    """OpenL3 (mel256, music, 512-d) when its weights are cached, else classic features.
 
     Parameters
     ----------
@@ -629,6 +830,6 @@ def default_embedder(cache_dir: str | os.PathLike | None = None, **kwargs: Any) 
     if weights_available("mel256", "music", cache_dir):
         log.info("embedder: openl3 (mel256/music/512 weights found in cache)")
         return OpenL3Embedder(cache_dir=cache_dir, **kwargs)
-    log.info("embedder: features (no OpenL3 weights at %s; run helpers.openl3.download_weights "
-             "to use openl3)", weights_path("mel256", "music", cache_dir))
+    log.info("embedder: features (no OpenL3 weights at %s; `%s` installs them)",
+             weights_path("mel256", "music", cache_dir), weights_command("mel256", "music"))
     return FeatureEmbedder(**kwargs)

@@ -96,6 +96,15 @@ EF_SEARCH_LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 RESULT_COLUMNS = ("rank", "track_id", "similarity", "title", "artist", "genre", "path")
 
 
+def resolve_path(path: str | os.PathLike) -> str:
+    """A path as the index compares paths: absolute, normalised, ``~`` expanded.
+
+    Relative paths are taken relative to the working directory; symbolic links are kept (a
+    link and its target are two catalog entries, as they are two manifest rows).
+    """
+    return os.path.normcase(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
 def _catalog_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """The catalog columns of a manifest, as strings, missing ones empty."""
     out = pd.DataFrame(index=range(len(rows)))
@@ -237,10 +246,14 @@ class CatalogIndex:
                        seed: int = 0) -> dict[str, Any]:
         """Set the smallest efSearch whose recall@k on this catalog reaches `target`.
 
-        Catalog vectors serve as queries (each one's own row left out of both lists) and
-        exact search gives the truth, so the choice fits this catalog's size and structure:
-        random 512-d vectors need a far larger efSearch than clustered ones
-        (benchmarks/results/hnsw.json).
+        The queries are new points near catalog tracks: a sampled catalog vector moved in a
+        random direction by the distance to its nearest neighbour, so each lies about as far
+        from the catalog as a new song does (a catalog vector itself is in the graph and far
+        too easy to find). Exact search gives the truth, so the choice fits this catalog's
+        size and structure: random 512-d vectors need a far larger efSearch than clustered
+        ones (benchmarks/results/hnsw.json). These probes are a little easier than new songs
+        (up to 3 points of recall in our measurements), so the chosen value is the first that
+        reaches the target plus half the gap to 1 on them (0.975 for 0.95).
 
         Parameters
         ----------
@@ -248,7 +261,8 @@ class CatalogIndex:
             Recall@k to reach.
         k : int
         n_queries : int
-            Catalog vectors used as queries (sampled with `seed`).
+            Catalog vectors the queries are made from (sampled with `seed`).
+        seed : int
 
         Returns
         -------
@@ -263,26 +277,24 @@ class CatalogIndex:
         if self._faiss is None:
             self._faiss = self._build_faiss(self.vectors)
         graph = self._faiss
-        rng = np.random.default_rng(seed)
-        ids = np.sort(rng.choice(len(self), size=min(n_queries, len(self)), replace=False))
-        q = self.vectors[ids]
-        kk = min(k, len(self) - 1)
+        q = _probe_queries(self.vectors, n_queries, seed)
+        kk = min(k, len(self))
         result = {"ef_search": EF_SEARCH_LADDER[0], "recall_at_k": 1.0, "k": int(k),
-                  "target": float(target), "n_queries": len(ids), "n": len(self)}
-        if kk >= 1:
-            truth = _exact_neighbours(q, ids, self.vectors, kk)
+                  "target": float(target), "n_queries": len(q), "n": len(self)}
+        if len(self) > kk:
+            needed = target + (1.0 - target) / 2  # the margin for easy probes, see above
+            truth = _exact_neighbours(q, self.vectors, kk)
             for ef in EF_SEARCH_LADDER:
-                graph.hnsw.efSearch = max(ef, kk + 1)
-                _, found = graph.search(q, kk + 1)  # (n_queries, kk + 1), the query included
-                recall = np.mean([len(set(t) & (set(f) - {i})) / kk
-                                  for t, f, i in zip(truth, found, ids)])
+                graph.hnsw.efSearch = max(ef, kk)
+                _, found = graph.search(q, kk)  # (n_queries, kk)
+                recall = np.mean([len(set(t) & set(f)) / kk for t, f in zip(truth, found)])
                 result.update(ef_search=int(ef), recall_at_k=float(recall))
-                if recall >= target:
+                if recall >= needed:
                     break
             else:
                 log.warning("HNSW recall@%d is %.3f < %.2f at efSearch %d on %d tracks: exact "
                             "search (index_type='flat') is the better choice here", kk,
-                            recall, target, ef, len(self))
+                            recall, needed, ef, len(self))
         self.ef_tuning = result
         self.set_ef_search(result["ef_search"])
         return result
@@ -341,9 +353,11 @@ class CatalogIndex:
         k : int
             Results per query (fewer if the catalog is smaller).
         exclude_track_ids : sequence of (str or None), optional
-            One per query: a catalog track never returned for that query (the query itself).
+            One per query: a track id none of whose rows (excerpts) is returned for it.
         exclude_paths : sequence of (path or None), optional
-            One per query: a catalog path never returned for that query.
+            One per query: a file never returned for it, compared as resolved absolute paths
+            (a relative path is relative to the working directory); the other rows of that
+            file's track id (its sibling excerpts) are left out too.
 
         Returns
         -------
@@ -357,8 +371,7 @@ class CatalogIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         drop = self._excluded_rows(len(q), exclude_track_ids, exclude_paths)
-        # Track ids and paths are unique in a catalog, so at most two rows per query are
-        # dropped, and asking FAISS for k + 2 is enough.
+        # asking FAISS for k + (rows dropped) always leaves k results
         k_search = min(len(self), k + max((len(d) for d in drop), default=0))
         if k_search == 0:
             return [pd.DataFrame(columns=list(RESULT_COLUMNS)) for _ in range(len(q))]
@@ -376,15 +389,25 @@ class CatalogIndex:
         paths = list(exclude_paths) if exclude_paths is not None else [None] * n_queries
         if len(ids) != n_queries or len(paths) != n_queries:
             raise ValueError("exclude_track_ids / exclude_paths need one entry per query")
-        id_to_row = dict(zip(self.catalog["track_id"], range(len(self))))
-        path_to_row = dict(zip(self.catalog["path"], range(len(self))))
+        if all(t is None for t in ids) and all(p is None for p in paths):
+            return [set() for _ in range(n_queries)]
+        track_ids = self.catalog["track_id"].to_numpy()
+        rows_of_id: dict[str, set[int]] = {}
+        for row, tid in enumerate(track_ids):
+            rows_of_id.setdefault(tid, set()).add(row)
+        rows_of_path: dict[str, set[int]] = {}
+        for row, p in enumerate(self.catalog["path"]):
+            rows_of_path.setdefault(resolve_path(p), set()).add(row)
         drop = []
         for tid, path in zip(ids, paths):
-            rows = set()
-            if tid is not None and str(tid) in id_to_row:
-                rows.add(id_to_row[str(tid)])
-            if path is not None and os.fspath(path) in path_to_row:
-                rows.add(path_to_row[os.fspath(path)])
+            rows: set[int] = set()
+            query_ids = {str(tid)} if tid is not None else set()
+            if path is not None:
+                same_file = rows_of_path.get(resolve_path(path), set())
+                rows |= same_file
+                query_ids |= {track_ids[r] for r in same_file}
+            for t in query_ids:
+                rows |= rows_of_id.get(t, set())
             drop.append(rows)
         return drop
 
@@ -403,10 +426,12 @@ class CatalogIndex:
     def add(self, vectors: np.ndarray, catalog_rows: pd.DataFrame) -> None:
         """Append tracks (vectors from this index's embedder, one catalog row each).
 
+        A track id may repeat (excerpts of one song); a file (resolved path) may not.
+
         Raises
         ------
         ValueError
-            Wrong dimension, row-count mismatch, or a path/track_id already in the index.
+            Wrong dimension, row-count mismatch, or a path already in the index.
         """
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5):
@@ -415,10 +440,10 @@ class CatalogIndex:
         if vectors.shape[1] != self.dim or len(rows) != len(vectors):
             raise ValueError(f"add: got {vectors.shape} vectors for {len(rows)} rows, "
                              f"index dim {self.dim}")
-        for col in ("path", "track_id"):
-            clash = set(rows[col]) & set(self.catalog[col])
-            if clash or rows[col].duplicated().any():
-                raise ValueError(f"add: duplicate {col} {sorted(clash)[:3]}")
+        new_paths = rows["path"].map(resolve_path)
+        clash = set(new_paths) & set(self.catalog["path"].map(resolve_path))
+        if clash or new_paths.duplicated().any():
+            raise ValueError(f"add: duplicate paths (already in the index) {sorted(clash)[:3]}")
         self.vectors = np.concatenate([self.vectors, vectors])
         self.catalog = pd.concat([self.catalog, rows], ignore_index=True)
         if self._faiss is not None:
@@ -527,18 +552,33 @@ class CatalogIndex:
         return index
 
 
-def _exact_neighbours(q: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int,
+def _exact_neighbours(q: np.ndarray, vectors: np.ndarray, k: int,
                       block: int = 16) -> np.ndarray:
-    """Exact top-`k` rows ``(len(q), k)`` for catalog rows `ids` (vectors `q`), self excluded.
+    """Exact top-`k` rows ``(len(q), k)`` of `vectors` for each query (unit vectors).
 
     Blocked so that memory stays at ``block * n`` floats for catalogs of millions.
     """
     out = np.empty((len(q), k), dtype=np.int64)
     for start in range(0, len(q), block):
         sims = q[start:start + block] @ vectors.T  # (block, n)
-        sims[np.arange(len(sims)), ids[start:start + block]] = -np.inf
         out[start:start + block] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     return out
+
+
+def _probe_queries(vectors: np.ndarray, n_queries: int, seed: int) -> np.ndarray:
+    """New unit vectors ``(n_queries, dim)`` about as far from the catalog as its tracks are
+    from each other: each sampled row turned, in a random direction, until its cosine to the
+    row equals the row's cosine to its nearest neighbour, so the row no longer stands out."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False))
+    base = vectors[ids]  # (n_queries, dim)
+    sims = np.concatenate([base[i:i + 16] @ vectors.T for i in range(0, len(base), 16)])
+    sims[np.arange(len(ids)), ids] = -np.inf
+    cos = np.clip(sims.max(axis=1), -1.0, 1.0)[:, None]  # (n_queries, 1)
+    turn = rng.standard_normal(base.shape).astype(np.float32)
+    # a unit direction orthogonal to each row
+    turn = l2_normalise(turn - (turn * base).sum(axis=1, keepdims=True) * base)
+    return l2_normalise(cos * base + np.sqrt(1.0 - cos**2) * turn)
 
 
 # ------------------------------------------------------------------------------------------
@@ -747,9 +787,9 @@ def build_index(
     label: str | None = "human",
     progress: bool = True,
     checkpoint_every: int = 64,
-    index_type: str = "flat",
-    hnsw_m: int = 32,
-    ef_search: int = 64,
+    index_type: str = "auto",
+    hnsw_m: int = HNSW_M,
+    ef_search: int | None = None,
     hnsw: bool = False,
 ) -> CatalogIndex:
     """Embed a manifest's tracks into an index folder; resumable and incremental.
@@ -758,7 +798,9 @@ def build_index(
     ----------
     manifest_df : pd.DataFrame
         A manifest (`helpers.datasets.load_manifest`): ``path`` plus optional ``label``,
-        ``track_id``, ``title``, ``artist``, ``genre``, ``source``.
+        ``track_id``, ``title``, ``artist``, ``genre``, ``source``. Paths are stored
+        absolute (relative ones are relative to the working directory); empty titles and
+        artists are filled from tags and file names (`describe_files`).
     out_dir : path
         Index folder. If it already holds an index, only paths not in it are embedded and
         appended (the embedder must match the index's; a fitted standardisation is kept).
@@ -775,8 +817,10 @@ def build_index(
     checkpoint_every : int
         Files per checkpoint chunk in ``out_dir/partial``; a killed build loses at most this
         many files of work.
-    index_type, hnsw_m, ef_search
-        For a new index: see `CatalogIndex`.
+    index_type : {"auto", "flat", "hnsw"}
+        For a new index. "auto": exact search up to `FLAT_MAX_TRACKS` tracks, HNSW above.
+    hnsw_m, ef_search
+        For a new HNSW index: see `CatalogIndex` (``ef_search=None`` tunes it).
     hnsw : bool
         Shorthand for ``index_type="hnsw"`` (the CLI's ``--hnsw``).
 
@@ -793,10 +837,14 @@ def build_index(
     """
     out = Path(out_dir)
     rows = _catalog_rows(manifest_df, label)
+    if hnsw:
+        index_type = "hnsw"
+    if index_type not in ("auto", *INDEX_TYPES):
+        raise ValueError(f"index_type must be 'auto' or one of {INDEX_TYPES}, got "
+                         f"{index_type!r}")
     with folder_lock(out):
         return _build_locked(rows, out, embedder, checkpoint_every, progress,
-                             index_type="hnsw" if hnsw else index_type, hnsw_m=hnsw_m,
-                             ef_search=ef_search)
+                             index_type=index_type, hnsw_m=hnsw_m, ef_search=ef_search)
 
 
 def _build_locked(rows: pd.DataFrame, out: Path, embedder: Embedder, checkpoint_every: int,
@@ -806,8 +854,8 @@ def _build_locked(rows: pd.DataFrame, out: Path, embedder: Embedder, checkpoint_
     partial = _Partial(out / "partial", embedder)
     if existing is not None:
         embedder = existing.check_embedder(embedder)
-        rows = rows[~rows["path"].isin(existing.catalog["path"])
-                    & ~rows["track_id"].isin(existing.catalog["track_id"])]
+        # a file is identified by its path: a new excerpt of an indexed track is new
+        rows = rows[~rows["path"].isin(set(existing.catalog["path"].map(resolve_path)))]
         if rows.empty:
             # a build killed after its commit left these behind
             partial.remove()
@@ -836,23 +884,104 @@ def _build_locked(rows: pd.DataFrame, out: Path, embedder: Embedder, checkpoint_
     return index
 
 
-def _new_index(embedder: Embedder, raw: np.ndarray, rows: pd.DataFrame,
+def _new_index(embedder: Embedder, raw: np.ndarray, rows: pd.DataFrame, index_type: str,
                **index_kwargs: Any) -> CatalogIndex:
     """A new index of raw vectors, fitting the embedder on them first if it needs it."""
     if embedder.needs_fit and not embedder.is_fitted:
         embedder.fit(raw)
-    return CatalogIndex(embedder.transform(raw), rows, embedder.config(), **index_kwargs)
+    if index_type == "auto":
+        index_type = "flat" if len(rows) <= FLAT_MAX_TRACKS else "hnsw"
+    return CatalogIndex(embedder.transform(raw), rows, embedder.config(),
+                        index_type=index_type, **index_kwargs)
 
 
 def _catalog_rows(manifest_df: pd.DataFrame, label: str | None) -> pd.DataFrame:
-    """The manifest rows to index, as catalog columns, one per path."""
+    """The manifest rows to index, as catalog columns, one per absolute path.
+
+    Empty titles and artists are filled from the files (`describe_files`).
+    """
     rows = manifest_df
     if label is not None and "label" in rows.columns:
         rows = rows[rows["label"].astype(str) == label]
-    rows = _catalog_frame(rows.reset_index(drop=True)).drop_duplicates("path")
+    rows = _catalog_frame(rows.reset_index(drop=True))
+    rows["path"] = rows["path"].map(resolve_path)
+    rows = rows.drop_duplicates("path").reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"no rows with label {label!r} in the manifest to index")
+    return describe_files(rows)
+
+
+#: Folder names that say nothing about a song (labels, splits, containers).
+_GENERIC_FOLDERS = frozenset({"ai", "human", "real", "fake", "train", "val", "valid",
+                              "validation", "test", "audio", "music", "songs", "tracks",
+                              "data", "wav", "mp3", "genres", "genres_original"})
+
+
+def describe_files(rows: pd.DataFrame) -> pd.DataFrame:
+    """Fill empty ``title``, ``artist`` and ``genre`` cells from each file's tags and name.
+
+    Rules, in order (a non-empty manifest value is never replaced):
+
+    1. Tags the file carries that libsndfile reads (WAV INFO chunks, FLAC/Ogg Vorbis
+       comments): ``title``, ``artist``, ``genre``.
+    2. A file named ``Artist - Title.ext`` gives both.
+    3. The title is the file name without extension, ``_`` read as a space.
+    4. The artist is the file's parent folder when that folder lies *below* the genre folder
+       (``human/<genre>/<artist>/song.wav``, or ``.../<genre>/<artist>/<album>/song.wav``:
+       the folder right under the genre) and is not a label, split or container name
+       (`_GENERIC_FOLDERS`). A file right in a genre folder (GTZAN's ``blues/blues.00012.wav``)
+       or in a plain folder gets no artist: the folder names its genre or nothing.
+    5. With no genre, a parent folder whose name starts the file name (``blues/blues.0001``)
+       is taken as the genre.
+
+    Parameters
+    ----------
+    rows : pd.DataFrame
+        Catalog columns (`CATALOG_COLUMNS`), absolute paths.
+
+    Returns
+    -------
+    pd.DataFrame
+        A copy with the empty cells filled where a rule applies.
+    """
+    rows = rows.copy()
+    for i, path in enumerate(rows["path"]):
+        found = _describe_file(Path(path), rows.at[i, "genre"])
+        for col in ("title", "artist", "genre"):
+            if not rows.at[i, col] and found.get(col):
+                rows.at[i, col] = found[col]
     return rows
+
+
+def _describe_file(path: Path, genre: str) -> dict[str, str]:
+    """Title/artist/genre of one file by the rules of `describe_files`."""
+    found = _read_tags(path)
+    stem = path.stem.replace("_", " ").strip()
+    artist, sep, title = stem.partition(" - ")
+    if sep and artist.strip() and title.strip():
+        found.setdefault("artist", artist.strip())
+        found.setdefault("title", title.strip())
+    found.setdefault("title", stem)
+    parents = list(path.parent.parts[1:])  # without the root
+    if not genre and parents and path.stem.lower().startswith(parents[-1].lower()):
+        found.setdefault("genre", parents[-1])
+    genre = genre or found.get("genre", "")
+    if genre in parents:
+        below = parents[len(parents) - parents[::-1].index(genre):]
+        if below and below[0].lower() not in _GENERIC_FOLDERS:
+            found.setdefault("artist", below[0])
+    return found
+
+
+def _read_tags(path: Path) -> dict[str, str]:
+    """The title/artist/genre tags libsndfile reads from a file (none for MP3, or on error)."""
+    try:
+        with sf.SoundFile(path) as f:
+            tags = f.copy_metadata()
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError):
+        return {}
+    return {k: str(v).strip() for k, v in tags.items()
+            if k in ("title", "artist", "genre") and str(v).strip()}
 
 
 def _embed_missing(
@@ -866,6 +995,8 @@ def _embed_missing(
     """
     done, failed = partial.load()
     todo = [p for p in rows["path"] if p not in done and p not in failed]
+    if todo:
+        embedder.prepare()  # a missing model is one error now, not one per file
     if done or failed:
         log.info("resuming: %d files already embedded, %d failed, %d to go",
                  len(done), len(failed), len(todo))

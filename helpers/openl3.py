@@ -49,10 +49,15 @@ WEIGHTS_URL = "https://github.com/marl/openl3/raw/models/{name}.gz"
 WEIGHTS_ENV = "HELPERS_OPENL3_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/helpers/openl3")
 
-# Git blob SHA-1 of the .h5.gz files on the openl3 `models` branch (what GitHub shows for the
-# blob), so a truncated or tampered download is caught before it reaches h5py.
+# Git blob SHA-1 of the v0_4_0 .h5.gz files on the openl3 `models` branch (`git ls-tree -r
+# models` in github.com/marl/openl3), so a truncated or tampered download is caught before it
+# reaches h5py. openl3 publishes no checksum of the gunzipped .h5 files.
 KNOWN_GZ_BLOB_SHA1 = {
+    ("linear", "env"): "7837407f033f3564c7e8d53fc4a4241fe160478b",
+    ("linear", "music"): "4e2e61beb17865481c8b8791c72eac8307e2753a",
+    ("mel128", "env"): "8c3dfee140f7776373841e5938a3e76c54f28942",
     ("mel128", "music"): "73ff29de441865318c4b3a3f98c40763c4773e7c",
+    ("mel256", "env"): "34dbd7a91cdd2de6a3d6d036ac0a24d27d78e3cc",
     ("mel256", "music"): "15e483646fa3d4091a463f0affbb706e6bbbb098",
 }
 
@@ -422,6 +427,16 @@ def weights_path(input_repr: str, content_type: str,
     return weights_cache_dir(cache_dir) / weights_filename(input_repr, content_type)
 
 
+class WeightsMissingError(FileNotFoundError):
+    """The official weights are not installed; the message says how to install them."""
+
+
+def weights_command(input_repr: str = "mel256", content_type: str = "music") -> str:
+    """The command line that installs the official weights of one model."""
+    return (f"python -m helpers weights openl3 --input-repr {input_repr} "
+            f"--content-type {content_type}")
+
+
 def weights_available(input_repr: str = "mel256", content_type: str = "music",
                       cache_dir: str | os.PathLike | None = None) -> bool:
     """Whether the weight file is already in the cache folder (never downloads).
@@ -447,7 +462,7 @@ def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _fetch_url(url: str, timeout: float = 60.0) -> bytes:
+def _fetch_url(url: str, timeout: float = 20.0) -> bytes:
     # A separate function so tests can replace the network.
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https URL)
         return response.read()
@@ -456,52 +471,165 @@ def _fetch_url(url: str, timeout: float = 60.0) -> bytes:
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def download_weights(input_repr: str, content_type: str,
-                     cache_dir: str | os.PathLike | None = None) -> Path:
-    """Download, verify and unpack the official weights into the cache folder.
+@dataclass(frozen=True)
+class InstalledWeights:
+    """Where `install_weights` / `fetch_weights` put a weights file, and how it was checked.
 
-    The ``.h5.gz`` from openl3's ``models`` branch is checked against its known git blob
-    SHA-1 (where known; otherwise a warning is logged), gunzipped, checked to be HDF5, and
-    written atomically (`helpers.io`), so an interrupted download
-    never leaves a partial file where the loader would find it.
+    Attributes
+    ----------
+    path : Path
+        The ``.h5`` file in the cache folder.
+    verified : str
+        What was checked, e.g. "official: git blob SHA-1 of the .h5.gz matches" or
+        "HDF5 and layer layout only".
+    official : bool
+        Whether the content is proven to be the official file (by its gzip's SHA-1).
+    """
+
+    path: Path
+    verified: str
+    official: bool
+
+
+def verify_weights(data: bytes, input_repr: str, content_type: str, name: str = "weights",
+                   embedding_size: int = 512) -> tuple[bytes, str, bool]:
+    """Check the bytes of an openl3 weights file (``.h5.gz`` or ``.h5``) before installing it.
+
+    A gzip must be the official file of (`input_repr`, `content_type`): its git blob SHA-1 is
+    compared with `KNOWN_GZ_BLOB_SHA1`. The (gunzipped) content must be HDF5 and hold the
+    openl3 audio network's layers with the Keras shapes (`load_keras_weights`). openl3 does
+    not publish SHA-1s of its ``.h5`` files, so a plain ``.h5`` is checked by layout only.
 
     Returns
     -------
-    Path
-        The ``.h5`` file.
+    h5 : bytes
+        The HDF5 content.
+    verified : str
+        What was checked.
+    official : bool
+        Whether the SHA-1 proves it official.
+
+    Raises
+    ------
+    RuntimeError
+        Not gzip/HDF5, a gzip with another SHA-1, or a layout that is not openl3's.
+    """
+    official = False
+    if data[:2] == b"\x1f\x8b":
+        got, expected = git_blob_sha1(data), KNOWN_GZ_BLOB_SHA1[(input_repr, content_type)]
+        if got != expected:
+            other = [f"{r}/{c}" for (r, c), sha in KNOWN_GZ_BLOB_SHA1.items() if sha == got]
+            raise RuntimeError(
+                f"{name}: git blob SHA-1 {got}, expected {expected} (the official "
+                f"{input_repr}/{content_type} .h5.gz); "
+                + (f"this is the official {other[0]} file" if other
+                   else "the file is truncated, damaged or not the official one"))
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise RuntimeError(f"{name}: not a valid gzip file ({err})") from err
+        official = True
+    if not data.startswith(_HDF5_SIGNATURE):
+        raise RuntimeError(f"{name}: not an HDF5 file (nor a gzip of one); expected the openl3 "
+                           f"{input_repr}/{content_type} weights (.h5 or .h5.gz)")
+    try:
+        load_keras_weights(OpenL3Model(input_repr, embedding_size, content_type),
+                           io.BytesIO(data))
+    except (ValueError, OSError, KeyError) as err:
+        raise RuntimeError(f"{name}: not openl3 audio weights ({err})") from err
+    how = ("official: git blob SHA-1 of the .h5.gz matches, HDF5 layer layout checked"
+           if official else "HDF5 layer layout checked; content not proven official (openl3 "
+           "publishes SHA-1s of its .h5.gz files only)")
+    return data, how, official
+
+
+def install_weights(source: str | os.PathLike, input_repr: str = "mel256",
+                    content_type: str = "music", cache_dir: str | os.PathLike | None = None,
+                    embedding_size: int = 512) -> InstalledWeights:
+    """Verify a weights file the user has (``.h5.gz`` or ``.h5``) and install it in the cache.
+
+    Parameters
+    ----------
+    source : path
+        E.g. ``openl3_audio_mel256_music-v0_4_0.h5.gz`` downloaded by hand.
+    input_repr, content_type : str
+        The model it is for; the file goes to ``weights_path(input_repr, content_type)``.
+    cache_dir : path, optional
+        See `weights_cache_dir`.
+    embedding_size : {512, 6144}
+        Checked against the layout (both sizes use the same file).
+
+    Returns
+    -------
+    InstalledWeights
 
     Raises
     ------
     FileNotFoundError
-        If the download fails (offline, HTTP error); the message gives the path where the
-        file can be put by hand.
+        `source` does not exist.
+    ValueError
+        The file name says it is for another input representation or content type.
     RuntimeError
-        If the download is corrupt (checksum mismatch, not gzip, not HDF5).
+        See `verify_weights`; nothing is installed then.
+    """
+    source = Path(source).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such weights file")
+    _check_name(source.name, input_repr, content_type)
+    h5, how, official = verify_weights(source.read_bytes(), input_repr, content_type,
+                                       name=str(source), embedding_size=embedding_size)
+    if not official:
+        logger.warning("%s: %s", source, how)
+    dest = write_bytes(weights_path(input_repr, content_type, cache_dir), h5)
+    return InstalledWeights(dest, how, official)
+
+
+def _check_name(name: str, input_repr: str, content_type: str) -> None:
+    """Refuse a file whose openl3-style name says it is for another model."""
+    for value, allowed in ((input_repr, INPUT_REPRS), (content_type, CONTENT_TYPES)):
+        others = [v for v in allowed if v != value and f"_{v}" in f"_{name}"]
+        if others and f"_{value}" not in f"_{name}":
+            raise ValueError(f"{name} looks like {others[0]} weights, not {value}")
+
+
+def fetch_weights(input_repr: str, content_type: str,
+                  cache_dir: str | os.PathLike | None = None) -> InstalledWeights:
+    """Download, verify and install the official weights (see `verify_weights`).
+
+    Written atomically (`helpers.io`): an interrupted download never leaves a partial file
+    where the loader would find it.
+
+    Raises
+    ------
+    FileNotFoundError
+        The download failed (offline, HTTP error, timeout): the message says how to install
+        a file downloaded elsewhere.
+    RuntimeError
+        A corrupt download (checksum, gzip, HDF5 or layout); nothing is installed.
     """
     dest = weights_path(input_repr, content_type, cache_dir)
     url = WEIGHTS_URL.format(name=dest.name)
-    hint = (f"Download {url} by hand, gunzip it to {dest} (or set ${WEIGHTS_ENV}), or pass "
-            "weights='/path/to/file.h5[.gz]' to load_audio_embedding_model.")
+    hint = (f"Download {url} on a machine with network access, then run `"
+            f"{weights_command(input_repr, content_type)} --from FILE` (or pass "
+            "weights='/path/to/file.h5[.gz]' to load_audio_embedding_model).")
     logger.info("downloading openl3 weights %s -> %s", url, dest)
     try:
         data = _fetch_url(url)
     except OSError as err:  # URLError, HTTPError, timeouts are all OSError
-        raise FileNotFoundError(
-            f"openl3 weights not found at {dest} and the download failed ({err}). {hint}"
-        ) from err
-    expected = KNOWN_GZ_BLOB_SHA1.get((input_repr, content_type))
-    if expected is None:
-        logger.warning("no known checksum for %s; using it unverified", url)
-    elif (got := git_blob_sha1(data)) != expected:
-        raise RuntimeError(f"corrupt download of {url}: git blob SHA-1 {got}, expected "
-                           f"{expected}. {hint}")
+        raise FileNotFoundError(f"openl3 weights not found at {dest} and the download failed "
+                                f"({err}). {hint}") from err
     try:
-        h5_bytes = gzip.decompress(data)
-    except (OSError, EOFError) as err:
-        raise RuntimeError(f"download of {url} is not a valid gzip file ({err}). {hint}") from err
-    if not h5_bytes.startswith(_HDF5_SIGNATURE):
-        raise RuntimeError(f"download of {url} does not contain an HDF5 file. {hint}")
-    return write_bytes(dest, h5_bytes)
+        h5, how, official = verify_weights(data, input_repr, content_type,
+                                           name=f"download of {url}")
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}. {hint}") from err
+    return InstalledWeights(write_bytes(dest, h5), how, official)
+
+
+def download_weights(input_repr: str, content_type: str,
+                     cache_dir: str | os.PathLike | None = None) -> Path:
+    """`fetch_weights`, returning the path of the ``.h5`` file."""
+    return fetch_weights(input_repr, content_type, cache_dir).path
 
 
 def _open_weights(path: Path) -> Path | io.BytesIO:
@@ -569,9 +697,11 @@ def load_audio_embedding_model(
         path = weights_path(input_repr, content_type, cache_dir)
         if not weights_available(input_repr, content_type, cache_dir):
             if not download:
-                raise FileNotFoundError(
-                    f"openl3 weights not found at {path}. Put the gunzipped file there (from "
-                    f"{WEIGHTS_URL.format(name=path.name)}), or pass weights=.")
+                raise WeightsMissingError(
+                    f"openl3 {input_repr}/{content_type} weights are not installed (looked for "
+                    f"{path}). Run `{weights_command(input_repr, content_type)}` to download "
+                    "and verify them (add --from FILE for a file downloaded by hand), or "
+                    "pass weights=.")
             path = download_weights(input_repr, content_type, cache_dir)
     else:
         path = Path(weights).expanduser()

@@ -1,6 +1,7 @@
 """Evaluation of the recommender: does a track's neighbourhood share its genre/style?
 
-* `leave_one_out` -- every catalog track queries the rest of the catalog (itself excluded);
+* `leave_one_out` -- every catalog track queries the rest of the catalog (itself excluded,
+  and so are the other excerpts of its track: rows with its ``track_id`` or its file);
   precision@K and mAP@K of the label (genre or style), overall and per label. With
   ``exclude_same_artist=True`` the neighbours by the same artist, and exact-duplicate vectors,
   are excluded too: GTZAN holds repeated excerpts and many clips per artist (Sturm 2013, "The
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from helpers.embed import Embedder, l2_normalise
-from helpers.index import CatalogIndex
+from helpers.index import CatalogIndex, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def leave_one_out(
         `exclude_same_artist`.
     vectors : np.ndarray, shape (n, dim), optional
     catalog : pd.DataFrame, optional
-        Needs `label_column`, and ``artist`` when `exclude_same_artist`.
+        Needs `label_column`, and ``artist`` when `exclude_same_artist`; rows sharing a
+        ``track_id`` or a ``path`` (when those columns exist) never count for each other.
     block : int
         Queries per matrix product (memory ~ block * n * 4 bytes).
 
@@ -104,7 +106,8 @@ def leave_one_out(
     -------
     dict
         ``precision_at_k``, ``map_at_k``, ``k``, ``n_queries``, ``label_column``, ``excluded``
-        (list: "self", and "same_artist" / "duplicates" when used), ``n_duplicates_excluded``
+        (list: "self", "same_track", and "same_artist" / "duplicates" when used),
+        ``n_same_track_excluded`` (other excerpts of a query's track), ``n_duplicates_excluded``
         (neighbour pairs dropped as duplicates), ``per_label`` ({label: P@K}),
         ``per_label_map`` ({label: mAP@K}), ``per_label_count``.
     """
@@ -117,24 +120,48 @@ def leave_one_out(
     v = l2_normalise(vectors)
     labels = _labels(catalog[label_column])
     artists = _labels(catalog["artist"]) if exclude_same_artist else None
+    tracks = _track_keys(catalog)
     queries = np.flatnonzero(labels != "")
     relevant = np.zeros((len(queries), k), dtype=bool)
     n_relevant = np.zeros(len(queries))
-    n_dupes = 0
+    n_dupes = n_siblings = 0
     for start in range(0, len(queries), block):
         q = queries[start:start + block]
         sims = v[q] @ v.T  # (block, n)
-        mask = _loo_mask(sims, q, artists, exclude_duplicates)
+        mask = _loo_mask(sims, q, artists, exclude_duplicates, tracks)
         n_dupes += mask.n_duplicates
+        n_siblings += mask.n_same_track
         rel, n_rel = _loo_relevance(sims, q, labels, mask.excluded, k)
         relevant[start:start + len(q), :rel.shape[1]] = rel
         n_relevant[start:start + len(q)] = n_rel
     precision, ap = ranking_metrics(relevant, n_relevant, k)
-    excluded = ["self", *(["same_artist"] if exclude_same_artist else []),
+    excluded = ["self", "same_track", *(["same_artist"] if exclude_same_artist else []),
                 *(["duplicates"] if exclude_duplicates else [])]
     return {**_summary(precision, ap, labels, labels[queries]), "k": int(k),
             "label_column": label_column, "excluded": excluded,
-            "n_duplicates_excluded": int(n_dupes)}
+            "n_same_track_excluded": int(n_siblings), "n_duplicates_excluded": int(n_dupes)}
+
+
+def _track_keys(catalog: pd.DataFrame) -> np.ndarray:
+    """One integer per row; rows of one track (same ``track_id`` or same file) share it."""
+    n = len(catalog)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for column, key in (("track_id", str), ("path", resolve_path)):
+        if column not in catalog.columns:
+            continue
+        first: dict[str, int] = {}
+        for row, value in enumerate(catalog[column].fillna("").astype(str)):
+            if value:
+                other = first.setdefault(key(value), row)
+                parent[root(row)] = root(other)
+    return np.array([root(i) for i in range(n)])
 
 
 def _summary(precision: np.ndarray, ap: np.ndarray, labels: np.ndarray,
@@ -156,16 +183,18 @@ def _summary(precision: np.ndarray, ap: np.ndarray, labels: np.ndarray,
 class _Exclusions:
     excluded: np.ndarray  # (n_queries, n) bool: catalog items a query may not retrieve
     n_duplicates: int  # pairs excluded only for being duplicates
+    n_same_track: int  # other excerpts of the query's track
 
 
 def _loo_mask(sims: np.ndarray, q: np.ndarray, artists: np.ndarray | None,
-              exclude_duplicates: bool) -> _Exclusions:
-    """Which catalog items each query in `q` may not retrieve: itself, its artist, copies.
+              exclude_duplicates: bool, tracks: np.ndarray) -> _Exclusions:
+    """Which catalog items each query in `q` may not retrieve: itself and the other excerpts
+    of its track (same `tracks` key), its artist, copies.
 
     `sims` is ``(len(q), n)``: the queries' cosine similarity to every catalog item.
     """
-    mask = np.zeros(sims.shape, dtype=bool)
-    mask[np.arange(len(q)), q] = True  # self
+    mask = tracks[q][:, None] == tracks[None, :]  # self and sibling excerpts
+    n_same_track = int(mask.sum()) - len(q)
     if artists is not None:
         mask |= (artists[q][:, None] == artists[None, :]) & (artists[q][:, None] != "")
     n_dupes = 0
@@ -173,7 +202,7 @@ def _loo_mask(sims: np.ndarray, q: np.ndarray, artists: np.ndarray | None,
         dup = sims > _DUPLICATE_COSINE
         n_dupes = int((dup & ~mask).sum())
         mask |= dup
-    return _Exclusions(mask, n_dupes)
+    return _Exclusions(mask, n_dupes, n_same_track)
 
 
 def _loo_relevance(sims: np.ndarray, q: np.ndarray, labels: np.ndarray, mask: np.ndarray,

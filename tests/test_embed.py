@@ -17,6 +17,7 @@ from helpers.config import FrontEndConfig
 from helpers.embed import (
     FEATURE_NAMES,
     ClassifierEmbedder,
+    Embedder,
     FeatureEmbedder,
     OpenL3Embedder,
     default_embedder,
@@ -228,3 +229,100 @@ def test_make_embedder_by_name():
     assert isinstance(make_embedder("features", sr=16000), FeatureEmbedder)
     with pytest.raises(ValueError, match="unknown embedder"):
         make_embedder("word2vec")
+
+
+# -- one audio policy for the catalog and for queries ------------------------------------------
+
+
+class Probe(Embedder):
+    """Records the length of every signal it embeds; the vector follows the signal's content."""
+
+    name = "probe"
+    dim = 4
+
+    def __init__(self, max_seconds: float | None = 30.0, position: str = "start") -> None:
+        self.max_seconds, self.position = max_seconds, position
+        self.seen: list[float] = []
+
+    def params(self):
+        return {"max_seconds": self.max_seconds}
+
+    def embed_raw_audio(self, y, sr):
+        self.seen.append(len(y) / sr)
+        quarters = np.array_split(np.asarray(y, np.float64), 4)
+        return np.array([1.0 + q.mean() for q in quarters], np.float32)
+
+
+def ramp(seconds: float, sr: int) -> np.ndarray:
+    """A signal whose every stretch differs from every other (its value is its time)."""
+    return (np.arange(int(seconds * sr)) / (sr * 100.0)).astype(np.float32)
+
+
+def test_a_catalog_file_queried_as_audio_gets_its_catalog_vector(fitted, tmp_path):
+    # 2 s of sine, then 3 s of noise: the catalog (policy: first 2 s) never hears the noise
+    y = np.concatenate([tone("sine", 440, seconds=2.0), tone("noise", seconds=3.0, seed=7)])
+    path = tmp_path / "song.wav"
+    sf.write(path, y, SR, subtype="FLOAT")
+    catalog_vector = fitted.embed_file(path)
+    np.testing.assert_allclose(fitted.embed_audio(y, SR), catalog_vector, atol=1e-6)
+    whole_song = fitted.transform(fitted.embed_raw_audio(y, SR)[None])[0]
+    assert float(whole_song @ catalog_vector) < 0.99  # what the query got before the policy
+
+
+def test_centre_policy_embeds_the_middle_of_the_song(tmp_path):
+    sr = 1000
+    y = ramp(100.0, sr)
+    path = tmp_path / "long.wav"
+    sf.write(path, y, sr, subtype="FLOAT")
+    probe = Probe(max_seconds=30.0, position="centre")
+    expected = probe.transform(probe.embed_raw_audio(y[35 * sr:65 * sr], sr)[None])[0]
+    np.testing.assert_allclose(probe.embed_file(path), expected, atol=1e-6)
+    np.testing.assert_allclose(probe.embed_audio(y, sr), expected, atol=1e-6)
+    assert probe.config()["policy"]["description"] == "centre 30 s"
+    with pytest.raises(ValueError, match="position"):
+        FeatureEmbedder(position="middle")
+
+
+def test_windows_mode_averages_policy_sized_windows_never_the_whole_song():
+    sr = 1000
+    y = ramp(70.0, sr)
+    probe = Probe(max_seconds=30.0)
+    vector, info = probe.embed_windows(y, sr)
+    assert set(probe.seen) == {30.0}  # every vector describes 30 s, as the catalog's do
+    assert info["starts"] == [0.0, 15.0, 30.0, 40.0] and info["n_windows"] == 4
+    raw = np.stack([probe.embed_raw_audio(y[s * sr:(s + 30) * sr], sr) for s in (0, 15, 30, 40)])
+    windows = probe.transform(raw)
+    expected = windows.mean(0) / np.linalg.norm(windows.mean(0))
+    np.testing.assert_allclose(vector, expected, atol=1e-6)
+    # a song no longer than the policy is one window: the same vector as embed_audio
+    short = ramp(30.0, sr)
+    np.testing.assert_allclose(probe.embed_windows(short, sr)[0], probe.embed_audio(short, sr),
+                               atol=1e-6)
+
+
+def test_windows_mode_leaves_out_silent_windows():
+    sr = 1000
+    y = np.concatenate([ramp(30.0, sr) + 0.1, np.zeros(60 * sr, np.float32)])
+    probe = Probe(max_seconds=30.0)
+    vector, info = probe.embed_windows(y, sr)
+    assert info["n_silent"] == 3 and info["starts"] == [0.0, 15.0]  # of 0, 15, 30, 45, 60 s
+
+
+def test_embedder_from_config_keeps_the_policy():
+    config = FeatureEmbedder(position="centre").config()
+    assert embedder_from_config(config).policy.position == "centre"
+
+
+def test_openl3_without_weights_is_one_clear_error_not_one_per_file(audio_folder, tmp_path,
+                                                                    monkeypatch, capsys,
+                                                                    caplog):
+    from helpers.cli import main
+
+    monkeypatch.setenv("HELPERS_OPENL3_DIR", str(tmp_path / "no_weights"))
+    with caplog.at_level(logging.WARNING):
+        rc = main(["index", "--manifest", str(audio_folder), "--out", str(tmp_path / "index"),
+                   "--embedder", "openl3"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("python -m helpers weights openl3 --input-repr mel256") == 1
+    assert "skipping" not in caplog.text and "skipping" not in err

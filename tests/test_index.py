@@ -261,3 +261,162 @@ def test_only_the_requested_label_is_indexed(tmp_path):
     rows.loc[[0, 1], "label"] = "ai"
     index = build_index(rows, tmp_path, FakeEmbedder(), progress=False)
     assert set(index.catalog["track_id"]) == {"t002", "t003", "t004", "t005"}
+
+
+# -- self-matches: resolved paths and repeated track ids ---------------------------------------
+
+
+class NameEmbedder(FakeEmbedder):
+    """Vectors from the file *name*: the same file gives the same vector however it is named
+    (relative or absolute), and excerpts of one song (``<song>_<n>.wav``) lie close together."""
+
+    def embed_raw_file(self, path):
+        song, _, part = Path(path).stem.rpartition("_")
+        seed = int(hashlib.sha256(song.encode()).hexdigest()[:8], 16)
+        base = np.random.default_rng(seed).normal(size=DIM)
+        return (base + 0.05 * np.random.default_rng(int(part)).normal(size=DIM)).astype(
+            np.float32)
+
+
+def test_relative_manifest_paths_and_sibling_excerpts_never_match_the_query(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    songs = [f"song{s}_{part}" for s in range(4) for part in range(3)]  # 3 excerpts each
+    for name in songs:
+        (tmp_path / "audio").mkdir(exist_ok=True)
+        (tmp_path / "audio" / f"{name}.wav").write_bytes(b"")
+    rows = pd.DataFrame({"path": [f"audio/{n}.wav" for n in songs], "label": "human",
+                         "track_id": [n.split("_")[0] for n in songs]})
+    index = build_index(rows, tmp_path / "index", NameEmbedder(), progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # queried from another working directory
+    query = tmp_path / "audio" / "song1_0.wav"  # absolute, the catalog was given relative
+    table = recommend([query], index, NameEmbedder(), k=len(songs))
+    assert len(table) == len(songs) - 3
+    assert "song1" not in set(table["track_id"])
+    assert str(query) not in set(table["path"]) and table["similarity"].max() < 0.99
+    # the same exclusions through search(), by track id alone
+    hits = index.search(index.vectors[:1], k=len(songs), exclude_track_ids=["song0"])[0]
+    assert len(hits) == len(songs) - 3 and "song0" not in set(hits["track_id"])
+
+
+def test_re_running_a_build_adds_new_excerpts_of_an_indexed_track(tmp_path):
+    rows = manifest(4)
+    build_index(rows, tmp_path, FakeEmbedder(), progress=False)
+    extra = manifest(5).iloc[4:].assign(track_id="t000")  # a second excerpt of track t000
+    index = build_index(pd.concat([rows, extra]), tmp_path, FakeEmbedder(), progress=False)
+    assert len(index) == 5 and list(index.catalog["track_id"]).count("t000") == 2
+
+
+# -- catalog metadata from a folder ------------------------------------------------------------
+
+
+def test_folder_index_has_titles_artists_and_genres(tmp_path):
+    import soundfile as sf
+
+    from helpers.datasets import load_manifest
+
+    root = tmp_path / "corpus"
+    files = {
+        "human/rock/The Band/first_song.wav": None,        # artist folder under the genre
+        "human/rock/The Band/Live/encore.wav": None,       # an album folder below the artist
+        "human/blues/blues.00012.wav": None,              # GTZAN: the folder is the genre
+        "human/jazz/train/solo.wav": None,                # a split folder is no artist
+        "human/Nina - Blue Moon.wav": None,                # "Artist - Title"
+        "human/tagged.wav": {"title": "Real Title", "artist": "Real Artist"},
+        "ai/x.wav": None,
+    }
+    for rel, tags in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sf.SoundFile(path, "w", samplerate=8000, channels=1) as f:
+            for key, value in (tags or {}).items():
+                setattr(f, key, value)
+            f.write(np.zeros(800, np.float32))
+    index = build_index(load_manifest(root), tmp_path / "index", FakeEmbedder(),
+                        progress=False)
+    got = {Path(p).name: (t, a, g) for p, t, a, g in
+           index.catalog[["path", "title", "artist", "genre"]].itertuples(index=False)}
+    assert got == {
+        "first_song.wav": ("first song", "The Band", "rock"),
+        "encore.wav": ("encore", "The Band", "rock"),
+        "blues.00012.wav": ("blues.00012", "", "blues"),
+        "solo.wav": ("solo", "", "jazz"),
+        "Nina - Blue Moon.wav": ("Blue Moon", "Nina", ""),
+        "tagged.wav": ("Real Title", "Real Artist", ""),
+    }
+
+
+def test_manifest_values_are_never_replaced_by_file_names(tmp_path):
+    index = build_index(manifest(3), tmp_path, FakeEmbedder(), progress=False)
+    assert list(index.catalog["title"]) == ["Song 0", "Song 1", "Song 2"]
+    assert list(index.catalog["artist"]) == ["artist0", "artist1", "artist2"]
+
+
+# -- audio policy in the metadata --------------------------------------------------------------
+
+
+def test_an_index_without_a_stored_policy_loads_with_the_first_30_s_and_says_so(tmp_path,
+                                                                                  caplog):
+    build_index(manifest(4), tmp_path, FakeEmbedder(), progress=False)
+    meta_path = index_files(tmp_path)["meta"]
+    meta = json.loads(meta_path.read_text())
+    assert meta["embedder"]["policy"]["description"] == "first 30 s"
+    del meta["embedder"]["policy"]
+    meta_path.write_text(json.dumps(meta))
+    with caplog.at_level("INFO", logger="helpers.index"):
+        old = CatalogIndex.load(tmp_path)
+    assert "before audio policies were stored" in caplog.text and "first 30 s" in caplog.text
+    assert old.embedder_config["policy"]["seconds"] == 30.0
+    old.check_embedder(FakeEmbedder())  # today's embedder still queries it
+
+
+def test_an_index_refuses_a_query_embedder_with_another_policy(tmp_path):
+    index = build_index(manifest(4), tmp_path, FakeEmbedder(), progress=False)
+    other = FakeEmbedder()
+    other.position = "centre"
+    with pytest.raises(ValueError, match="audio policy"):
+        index.check_embedder(other)
+
+
+# -- HNSW: efSearch tuned, exact search below the threshold ------------------------------------
+
+
+def test_hnsw_ef_search_is_tuned_to_the_target_recall_and_stored(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = l2_normalise(rng.normal(size=(3000, 64)).astype(np.float32))
+    catalog = pd.DataFrame({"track_id": [f"t{i}" for i in range(3000)],
+                            "path": [f"/m/{i}.wav" for i in range(3000)]})
+    index = CatalogIndex(vectors, catalog, {"name": "x", "dim": 64}, index_type="hnsw")
+    queries = l2_normalise(rng.normal(size=(200, 64)).astype(np.float32))
+    truth = NearestNeighbors(n_neighbors=5, metric="cosine").fit(vectors).kneighbors(
+        queries, return_distance=False)
+    found = [set(f["track_id"]) for f in index.search(queries, k=5)]
+    recall = np.mean([len(f & {f"t{j}" for j in t}) / 5 for f, t in zip(found, truth)])
+    assert recall >= 0.93 and index.ef_tuning["recall_at_k"] >= 0.95
+    assert index.ef_search > 16  # random 64-d vectors need more than the smallest value
+    index.save(tmp_path)
+    meta = json.loads(index_files(tmp_path)["meta"].read_text())
+    assert meta["hnsw"]["ef_search"] == index.ef_search
+    assert CatalogIndex.load(tmp_path).ef_search == index.ef_search
+
+
+def test_small_catalogs_get_exact_search_unless_hnsw_is_asked_for(tmp_path):
+    assert build_index(manifest(5), tmp_path / "a", FakeEmbedder(),
+                       progress=False).index_type == "flat"
+    assert build_index(manifest(5), tmp_path / "b", FakeEmbedder(), progress=False,
+                       hnsw=True).index_type == "hnsw"
+
+
+def test_cli_index_label_all_keeps_both_labels_with_titles(audio_folder, tmp_path, capsys):
+    from helpers.cli import main
+
+    out = tmp_path / "index"
+    assert main(["index", "--manifest", str(audio_folder), "--out", str(out), "--embedder",
+                 "features", "--label", "all"]) == 0
+    assert "exact search" in capsys.readouterr().out
+    catalog = CatalogIndex.load(out).catalog
+    assert len(catalog) == 12  # 6 ai + 6 human; broken.wav is in failures.csv
+    assert set(catalog["title"]) == {f"{label}{i}" for label in ("ai", "human")
+                                     for i in range(6)}

@@ -221,12 +221,11 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
     assert openl3.weights_path("mel128", "env").parent == tmp_path
 
 
-def test_download_verifies_git_blob_sha1_and_gunzips(tmp_path, monkeypatch, caplog):
-    payload = b"\x89HDF\r\n\x1a\n" + b"fake weights" * 10
-    gz = gzip.compress(payload)
+def test_download_verifies_git_blob_sha1_and_gunzips(tmp_path, monkeypatch):
+    gz = gzip.compress(H5.read_bytes())
     fetched = []
 
-    def fake_fetch(url, timeout=60.0):
+    def fake_fetch(url, timeout=20.0):
         fetched.append(url)
         return gz
 
@@ -236,20 +235,114 @@ def test_download_verifies_git_blob_sha1_and_gunzips(tmp_path, monkeypatch, capl
     assert fetched == [
         "https://github.com/marl/openl3/raw/models/openl3_audio_mel128_music-v0_4_0.h5.gz"]
     assert path == tmp_path / "openl3_audio_mel128_music-v0_4_0.h5"
-    assert path.read_bytes() == payload
+    assert path.read_bytes() == H5.read_bytes()
     assert openl3.weights_available("mel128", "music", cache_dir=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
-    # A corrupt download is refused and leaves nothing behind.
-    monkeypatch.setitem(openl3.KNOWN_GZ_BLOB_SHA1, ("mel256", "music"), "0" * 40)
+    # A download with another SHA-1 (here: the real mel256 checksum) is refused, nothing left.
     with pytest.raises(RuntimeError, match="SHA-1"):
         openl3.download_weights("mel256", "music", cache_dir=tmp_path)
     assert not openl3.weights_available("mel256", "music", cache_dir=tmp_path)
 
-    # Unknown checksum: accepted with a warning.
+
+def test_official_checksums_cover_all_six_audio_models():
+    assert set(openl3.KNOWN_GZ_BLOB_SHA1) == {(r, c) for r in openl3.INPUT_REPRS
+                                              for c in openl3.CONTENT_TYPES}
+    assert len(set(openl3.KNOWN_GZ_BLOB_SHA1.values())) == 6
+
+
+def test_fetch_without_network_fails_at_once_and_says_how_to_install_by_hand(tmp_path,
+                                                                            monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError, match="--from FILE"):
+        openl3.fetch_weights("mel256", "music", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_fetch_from_a_local_url_installs_the_verified_file(tmp_path, monkeypatch):
+    served = tmp_path / "server" / "openl3_audio_mel128_music-v0_4_0.h5.gz"
+    served.parent.mkdir()
+    served.write_bytes(gzip.compress(H5.read_bytes()))
+    monkeypatch.setattr(openl3, "WEIGHTS_URL", served.parent.as_uri() + "/{name}.gz")
+    monkeypatch.setitem(openl3.KNOWN_GZ_BLOB_SHA1, ("mel128", "music"),
+                        openl3.git_blob_sha1(served.read_bytes()))
+    got = openl3.fetch_weights("mel128", "music", cache_dir=tmp_path / "cache")
+    assert got.official and got.path.read_bytes() == H5.read_bytes()
+
+
+# -- installing a file the user has --------------------------------------------------------------
+
+
+def test_install_accepts_a_file_in_the_official_layout(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="helpers.openl3"):
-        openl3.download_weights("mel128", "env", cache_dir=tmp_path)
-    assert "no known checksum" in caplog.text
+        got = openl3.install_weights(H5, "mel128", "music", cache_dir=tmp_path)
+    assert got.path == openl3.weights_path("mel128", "music", tmp_path)
+    assert got.path.read_bytes() == H5.read_bytes()
+    assert not got.official and "not proven official" in caplog.text
+    model = openl3.load_audio_embedding_model("mel128", "music", cache_dir=tmp_path,
+                                              device="cpu", fuse_bn=False, download=False)
+    with h5py.File(H5, "r") as f:
+        kernel = np.asarray(f["audio_embedding_layer/audio_embedding_layer/kernel:0"])
+    np.testing.assert_array_equal(model.audio_embedding_layer.weight.detach().numpy(),
+                                  kernel.transpose(3, 2, 0, 1))
+
+
+def test_install_proves_an_official_gzip_by_its_sha1(tmp_path, monkeypatch):
+    gz = tmp_path / "openl3_audio_mel128_music-v0_4_0.h5.gz"
+    gz.write_bytes(gzip.compress(H5.read_bytes()))
+    monkeypatch.setitem(openl3.KNOWN_GZ_BLOB_SHA1, ("mel128", "music"),
+                        openl3.git_blob_sha1(gz.read_bytes()))
+    got = openl3.install_weights(gz, "mel128", "music", cache_dir=tmp_path / "cache")
+    assert got.official and "SHA-1" in got.verified
+    # the same gzip offered as the env model: its SHA-1 names the model it really is
+    monkeypatch.setitem(openl3.KNOWN_GZ_BLOB_SHA1, ("mel128", "env"), "0" * 40)
+    other = tmp_path / "weights.h5.gz"
+    other.write_bytes(gz.read_bytes())
+    with pytest.raises(RuntimeError, match="official mel128/music file"):
+        openl3.install_weights(other, "mel128", "env", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_hdf5", "wrong_layout", "bad_gzip"])
+def test_install_refuses_a_damaged_file_and_installs_nothing(tmp_path, damage):
+    path = tmp_path / "weights.h5"
+    if damage == "truncated":
+        path.write_bytes(H5.read_bytes()[: H5.stat().st_size // 2])
+    elif damage == "not_hdf5":
+        path.write_bytes(b"<html>rate limited</html>")
+    elif damage == "wrong_layout":
+        shapes = _reference_shapes()
+        shapes["conv2d_1"] = [(3, 3, 64, 32), (32,)]
+        _write_weights(path, shapes)
+    else:
+        path = tmp_path / "weights.h5.gz"
+        path.write_bytes(gzip.compress(H5.read_bytes())[:1000])
+    with pytest.raises(RuntimeError):
+        openl3.install_weights(path, "mel128", "music", cache_dir=tmp_path / "cache")
+    assert not openl3.weights_available("mel128", "music", tmp_path / "cache")
+
+
+def test_install_refuses_a_file_named_for_another_model(tmp_path):
+    with pytest.raises(ValueError, match="mel128"):
+        openl3.install_weights(H5, "mel256", "music", cache_dir=tmp_path)
+
+
+def test_weights_command_installs_or_says_why_not(tmp_path, capsys):
+    from helpers.cli import main
+
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not weights")
+    args = ["weights", "openl3", "--input-repr", "mel128", "--cache-dir", str(tmp_path / "c")]
+    assert main([*args, "--from", str(bad)]) == 2
+    assert "not an HDF5 file" in capsys.readouterr().err
+    assert main([*args, "--from", str(H5)]) == 0
+    assert "installed" in capsys.readouterr().out
+    assert openl3.weights_available("mel128", "music", tmp_path / "c")
 
 
 def test_git_blob_sha1_matches_git():

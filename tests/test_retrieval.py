@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -50,7 +52,7 @@ def test_leave_one_out_on_hand_made_catalog():
     assert result["precision_at_k"] == pytest.approx(0.3)
     assert result["map_at_k"] == pytest.approx(0.3)
     assert result["per_label"] == pytest.approx({"A": 1 / 3, "B": 0.25})
-    assert result["excluded"] == ["self"] and result["n_queries"] == 5
+    assert result["excluded"] == ["self", "same_track"] and result["n_queries"] == 5
 
 
 def test_excluding_same_artist_removes_the_artist_shortcut():
@@ -59,7 +61,7 @@ def test_excluding_same_artist_removes_the_artist_shortcut():
     # every hit above came from the query's own artist (0<->1 are x, 2<->3 are y), so
     # without them no neighbour shares the genre
     assert result["precision_at_k"] == 0.0 and result["map_at_k"] == 0.0
-    assert result["excluded"] == ["self", "same_artist", "duplicates"]
+    assert result["excluded"] == ["self", "same_track", "same_artist", "duplicates"]
 
 
 def test_exact_duplicates_are_excluded_and_counted():
@@ -71,7 +73,8 @@ def test_exact_duplicates_are_excluded_and_counted():
     plain = leave_one_out(vectors=vectors, catalog=catalog, k=1)
     strict = leave_one_out(vectors=vectors, catalog=catalog, k=1, exclude_duplicates=True)
     assert plain["per_label"]["B"] > strict["per_label"]["B"]
-    assert strict["n_duplicates_excluded"] == 2 and strict["excluded"] == ["self", "duplicates"]
+    assert strict["n_duplicates_excluded"] == 2
+    assert strict["excluded"] == ["self", "same_track", "duplicates"]
 
 
 def test_tsne_is_deterministic_for_a_seed():
@@ -91,3 +94,22 @@ def test_plots_return_figures():
     assert isinstance(plot_per_genre_precision({"A": 0.5, "B": 1.0}, k=5), Figure)
     nested = {"all": {"A": 0.5, "B": 1.0}, "other artists": {"A": 0.2, "B": 0.4}}
     assert isinstance(plot_per_genre_precision(nested), Figure)
+
+
+def test_sibling_excerpts_of_a_track_are_not_counted_as_hits():
+    """Four songs, two excerpts each (same track_id, nearly the same vector). Each song's
+    nearest *other* song has the other genre, so once siblings are excluded P@1 is 0; counting
+    the sibling would give 1.0 by construction."""
+    angles = np.deg2rad([0, 1, 20, 21, 40, 41, 60, 61])  # songs a, b, c, d at 0/20/40/60
+    vectors = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+    catalog = pd.DataFrame({"track_id": list("aabbccdd"),
+                            "path": [f"/m/{i}.wav" for i in range(8)],
+                            "genre": list("AABBAABB")})
+    result = leave_one_out(vectors=vectors, catalog=catalog, k=1)
+    assert result["precision_at_k"] == 0.0 and result["n_same_track_excluded"] == 8
+    # the same file listed twice (one relative, one absolute path) is one track too
+    catalog = catalog.assign(track_id=[f"t{i}" for i in range(8)],
+                             path=["m/0.wav", str(Path("m/0.wav").resolve()),
+                                   *[f"/m/{i}.wav" for i in range(2, 8)]])
+    pair = leave_one_out(vectors=vectors, catalog=catalog, k=1)
+    assert pair["n_same_track_excluded"] == 2
