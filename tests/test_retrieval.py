@@ -113,3 +113,12 @@ def test_sibling_excerpts_of_a_track_are_not_counted_as_hits():
                                    *[f"/m/{i}.wav" for i in range(2, 8)]])
     pair = leave_one_out(vectors=vectors, catalog=catalog, k=1)
     assert pair["n_same_track_excluded"] == 2
+
+
+def test_same_artist_exclusion_refuses_a_catalog_without_artists():
+    vectors = np.eye(4, dtype=np.float32)
+    catalog = pd.DataFrame({"track_id": list("abcd"), "path": list("abcd"),
+                            "genre": ["x", "x", "y", "y"], "artist": [""] * 4})
+    with pytest.raises(ValueError, match="no artist values"):
+        leave_one_out(vectors=vectors, catalog=catalog, k=2, exclude_same_artist=True)
+    assert leave_one_out(vectors=vectors, catalog=catalog, k=2)["n_queries"] == 4
