@@ -8,7 +8,7 @@ Stages, in the order data flows::
     train       manifest -> run folder (Model 1, the AI-vs-human classifier)
     evaluate    run + manifest -> metrics.json, predictions.csv, figures
     index       manifest (human songs) -> index folder (Model 2's catalog)
-    recommend   audio files + run + index -> P(AI) and top-K similar human tracks
+    recommend   audio files + index [+ run] -> top-K similar human tracks [and P(AI)]
     demo        all of the above on the demo corpus, offline
 
 Each command imports the stage it runs inside its function: those modules bring torch,
@@ -60,9 +60,17 @@ def _frontend(args: argparse.Namespace) -> FrontEndConfig | None:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from helpers.sources import download
+    from helpers.sources import DiskSpaceError, download
 
-    path = download(args.dataset, args.out, limit=args.limit, fetch_human=args.fetch_human)
+    try:
+        path = download(args.dataset, args.out, limit=args.limit, fetch_human=args.fetch_human,
+                        seed=args.seed, cache_dir=args.cache_dir,
+                        min_duration=args.min_duration,
+                        drop_instrumental=args.drop_instrumental,
+                        youtube_cookies=args.youtube_cookies)
+    except DiskSpaceError as err:
+        print(f"not downloading: {err}", file=sys.stderr)
+        return 1
     print(f"manifest written: {path}")
     return 0
 
@@ -121,18 +129,38 @@ def cmd_index(args: argparse.Namespace) -> int:
     from helpers.index import build_index
 
     manifest = load_manifest(args.manifest)
+    # the audio policy: which seconds of each song (catalog and queries alike)
+    policy = {"max_seconds": None if args.seconds == 0 else args.seconds,
+              "position": args.excerpt}
     if args.embedder == "auto":
-        embedder = default_embedder()
+        embedder = default_embedder(**policy)
     elif args.embedder == "classifier":
         if not args.run:
             raise SystemExit("--embedder classifier needs --run RUN")
-        embedder = make_embedder("classifier", run_dir=args.run)
+        embedder = make_embedder("classifier", run_dir=args.run)  # the run's own clip
     else:
-        embedder = make_embedder(args.embedder)
+        embedder = make_embedder(args.embedder, **policy)
     label = None if args.label == "all" else args.label  # build_index: None keeps every row
-    index = build_index(manifest, args.out, embedder, label=label, hnsw=args.hnsw,
+    index_type = "hnsw" if args.hnsw else "flat" if args.flat else "auto"
+    index = build_index(manifest, args.out, embedder, label=label, index_type=index_type,
                         checkpoint_every=args.checkpoint_every)
-    print(f"index written: {args.out} ({len(index)} tracks, embedder {embedder.name})")
+    search = ("exact search" if index.index_type == "flat"
+              else f"HNSW, efSearch {index.ef_search}")
+    print(f"index written: {args.out} ({len(index)} tracks, embedder {embedder.name}, audio: "
+          f"{embedder.policy.describe()}, {search})")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from helpers.openl3 import fetch_weights, install_weights
+
+    if args.source:
+        got = install_weights(args.source, args.input_repr, args.content_type,
+                              cache_dir=args.cache_dir, embedding_size=args.embedding_size)
+    else:
+        got = fetch_weights(args.input_repr, args.content_type, cache_dir=args.cache_dir)
+    print(f"openl3 {args.input_repr}/{args.content_type} weights installed: {got.path}\n"
+          f"  checked: {got.verified}")
     return 0
 
 
@@ -140,6 +168,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from helpers.audio import AudioError
     from helpers.pipeline import Analyzer, format_results
 
+    if args.run is None and (args.windows or args.threshold is not None):
+        raise ValueError("--windows and --threshold score P(AI): they need --run RUN")
     analyzer = Analyzer(args.run, args.index, k=args.k, threshold=args.threshold,
                         always_recommend=args.always_recommend)
     results = []
@@ -167,18 +197,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_download(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download SONICS/GTZAN with kagglehub, write a manifest",
-                       description="Download a dataset with kagglehub (credentials from Colab "
-                       "secrets, KAGGLE_USERNAME/KAGGLE_KEY, or ~/.kaggle/kaggle.json) and write "
-                       "OUT/manifest.csv.")
+    p = sub.add_parser(
+        "download", help="download SONICS/GTZAN with kagglehub, write a manifest",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Download a dataset with kagglehub (credentials from Colab secrets,\n"
+        "KAGGLE_USERNAME/KAGGLE_KEY, or ~/.kaggle/kaggle.json) and write OUT/manifest.csv.\n\n"
+        "SONICS: fake_songs.csv comes first; the subset is chosen from it, the disk it needs\n"
+        "is printed and checked, and only the chosen MP3s are fetched, one file each (all of\n"
+        "SONICS is tens of GB). Files already in the cache are not fetched again, so running\n"
+        "the same command after an interruption resumes. GTZAN comes whole (~1.2 GB, about\n"
+        "2.6 GB while it is unpacked).\n\n"
+        "Disk (SONICS MP3, upper bounds; plus GTZAN's 1.2 GB): --limit 100 takes ~210 SONICS\n"
+        "songs, ~1 GB; with GTZAN as the human class, --limit 443 or more takes all of its\n"
+        "930 clean clips and as many SONICS songs, ~6 GB. The estimate for the actual subset\n"
+        "is printed, and checked against the free space, before the audio is downloaded.",
+    )
     p.add_argument("--dataset", choices=["sonics", "gtzan", "sonics+gtzan"],
                    default="sonics+gtzan", help="sonics+gtzan: SONICS AI songs vs GTZAN human "
                    "songs (default; SONICS ships its human songs only as YouTube ids)")
     p.add_argument("--out", default="data", help="folder for manifest.csv (default: data)")
     p.add_argument("--limit", type=int, default=None,
-                   help="at most N training clips per class, val/test in proportion")
+                   help="at most N training clips per class, val/test per class in "
+                   "proportion, classes equal in every split (the smaller class sets the "
+                   "count; a warning names it). Default: everything (SONICS alone is tens "
+                   "of GB, more than a free Colab disk)")
+    p.add_argument("--cache-dir", default=None,
+                   help="kagglehub's cache, where the audio lands (sets KAGGLEHUB_CACHE; "
+                   "default ~/.cache/kagglehub). On Colab, a Google Drive folder keeps it "
+                   "across sessions")
+    p.add_argument("--min-duration", type=float, default=30.0,
+                   help="leave out SONICS songs shorter than this many seconds (default 30, "
+                   "SONICS' own filter; shorter songs get zero-padded, and the silence "
+                   "becomes a label cue); 0 keeps all")
+    p.add_argument("--drop-instrumental", action="store_true",
+                   help="leave out SONICS songs flagged no_vocal, as SONICS' split code does "
+                   "(off by default: GTZAN is partly instrumental, so dropping only AI "
+                   "instrumentals would make vocals a label cue)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the subset (the same seed picks the same files)")
     p.add_argument("--fetch-human", action="store_true",
-                   help="also fetch SONICS human songs from YouTube with yt-dlp (slow, optional)")
+                   help="also fetch SONICS human songs from YouTube with yt-dlp (slow, "
+                   "optional; needs ffmpeg and deno; blocked ids are retried on the next run)")
+    p.add_argument("--youtube-cookies", default=None, metavar="FILE",
+                   help="cookies.txt of a logged-in browser for yt-dlp, when YouTube asks "
+                   "to sign in or confirm you are not a bot")
     p.set_defaults(func=cmd_download)
 
 
@@ -249,18 +311,50 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", default=None, help="run folder, for --embedder classifier")
     p.add_argument("--label", default="human", choices=["human", "ai", "all"],
                    help="which clips go into the catalog (default: human)")
-    p.add_argument("--hnsw", action="store_true", help="approximate HNSW index (large catalogs)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--hnsw", action="store_true",
+                      help="approximate HNSW search, efSearch tuned to recall@5 >= 0.95 "
+                      "(default: exact search up to 100k tracks, HNSW above)")
+    kind.add_argument("--flat", action="store_true", help="exact search at any size")
+    p.add_argument("--seconds", type=float, default=30.0,
+                   help="seconds of each song its vector describes, for the catalog and for "
+                   "queries (default 30; 0: the whole song)")
+    p.add_argument("--excerpt", choices=["start", "centre"], default="start",
+                   help="where those seconds lie: from the start (default) or the centre")
     p.add_argument("--checkpoint-every", type=int, default=64,
                    help="files per checkpoint: a killed build redoes at most this many")
     p.set_defaults(func=cmd_index)
 
 
+def _add_weights(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="download or install the OpenL3 weights",
+                       description="Download the official OpenL3 weights (.h5.gz from the "
+                       "openl3 repository), verify them (git blob SHA-1, HDF5, layer layout) "
+                       "and install them where --embedder openl3 finds them "
+                       "($HELPERS_OPENL3_DIR or ~/.cache/helpers/openl3). Offline: download "
+                       "the file elsewhere and install it with --from FILE.")
+    p.add_argument("model", choices=["openl3"], help="which weights")
+    p.add_argument("--from", dest="source", default=None, metavar="FILE",
+                   help="install this .h5.gz or .h5 file instead of downloading")
+    p.add_argument("--input-repr", default="mel256", choices=["mel256", "mel128", "linear"])
+    p.add_argument("--content-type", default="music", choices=["music", "env"])
+    p.add_argument("--embedding-size", type=int, default=512, choices=[512, 6144],
+                   help="checked against the file's layout (both sizes share one file)")
+    p.add_argument("--cache-dir", default=None,
+                   help="install here instead of $HELPERS_OPENL3_DIR or ~/.cache/helpers/openl3")
+    p.set_defaults(func=cmd_weights)
+
+
 def _add_recommend(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recommend", help="P(AI) and top-K similar human tracks for audio files",
-                       description="Classify each file; when it looks AI-made, recommend the "
-                       "K most similar human tracks from the index.")
+    p = sub.add_parser("recommend", help="top-K similar human tracks (and P(AI)) for audio files",
+                       description="Recommend the K most similar human tracks from the index "
+                       "for each file. With --run, classify each file first and recommend when "
+                       "it looks AI-made. A run judges only music like its training data: a "
+                       "demo-trained run says 'cannot judge' for any file outside its corpus, "
+                       "and any run does so for a file far from its training clips.")
     p.add_argument("audio", nargs="+", help="audio files")
-    p.add_argument("--run", required=True, help="classifier run folder")
+    p.add_argument("--run", default=None,
+                   help="classifier run folder (optional: without it, similarity search only)")
     p.add_argument("--index", required=True, help="index folder")
     p.add_argument("-k", type=int, default=5)
     p.add_argument("--threshold", type=float, default=None,
@@ -268,7 +362,8 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--always-recommend", action="store_true",
                    help="recommend even for tracks that look human")
     p.add_argument("--windows", action="store_true",
-                   help="score sliding 30 s windows over the whole song, not just the start")
+                   help="score sliding windows (the run's clip length, half overlapping) over "
+                   "the whole song, not just the start; the song's P(AI) is the median window")
     p.add_argument("--json", action="store_true", help="JSON output for scripts")
     p.set_defaults(func=cmd_recommend)
 
@@ -286,8 +381,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 #: The stages, in the order data flows (and ``--help`` lists them).
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_download, _add_synth, _add_preprocess, _add_train, _add_evaluate, _add_index,
-    _add_recommend, _add_demo)
+    _add_download, _add_synth, _add_preprocess, _add_train, _add_evaluate, _add_weights,
+    _add_index, _add_recommend, _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,11 @@
 """Classify, then recommend: the product users run.
 
-`Analyzer` loads a classifier run (Model 1) and a human-track index (Model 2) once and answers,
-for each song: its calibrated P(AI), the decision at the run's threshold, and, when the song
-looks AI-made, the top-K most similar human tracks. Each file is decoded once; the classifier
-and the embedder both work from that audio.
+`Analyzer` loads a human-track index (Model 2) and, optionally, a classifier run (Model 1)
+once and answers, for each song: without a run, its top-K most similar human tracks; with a
+run, its calibrated P(AI), the decision at the run's threshold, and, when the song looks
+AI-made, the top-K tracks. A run only judges music like its training data: a demo-trained run
+judges no real song, and a song out of the run's distribution is "cannot judge", never "AI".
+Each file is decoded once; the classifier and the embedder both work from that audio.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from helpers.embed import default_embedder
 from helpers.evaluate import evaluate
 from helpers.index import CatalogIndex, build_index
 from helpers.io import read_json, write_json
+from helpers.ood import OODCheck
 from helpers.retrieval import ai_query_precision, leave_one_out
-from helpers.run import load_run, predict_proba
+from helpers.run import load_run, predict_proba, training_data
 from helpers.synth import SynthConfig, make_corpus
 from helpers.train import TrainConfig, train
 
@@ -34,18 +37,43 @@ log = logging.getLogger(__name__)
 
 Audio = str | os.PathLike | tuple[np.ndarray, int]
 
+#: The verdicts users read (``verdict`` in each result).
+VERDICT_AI = "looks AI-generated"
+VERDICT_HUMAN = "looks human-made"
+VERDICT_DEMO = "demo model: cannot judge real music"
+VERDICT_OOD = "cannot judge: unlike the clips the classifier trained on"
+VERDICT_NO_RUN = "not classified (no classifier run)"
+
+#: How `Analyzer.score_windows` combines the windows' P(AI) into the song's. Not the maximum:
+#: the run's threshold was chosen on single clips, and the maximum of n windows crosses it far
+#: more often than one clip does (a human song's false-positive rate grows with its length).
+#: The median is a typical window, distributed like a single clip for a song made one way
+#: throughout, and a few odd windows (an intro, a break) cannot decide it. The maximum stays
+#: in the output, with the most AI-like segment, for songs that are AI-made only in part.
+WINDOW_AGGREGATE = "median"
+
 
 class Analyzer:
-    """Score songs with a classifier run and recommend human tracks from an index.
+    """Recommend human tracks from an index; with a classifier run, score P(AI) first.
+
+    Without a run this is a similarity search: every song gets its top-K human tracks. With a
+    run, each song gets its calibrated P(AI) and a verdict, and recommendations when it looks
+    AI-made (or always, with `always_recommend`, or when the classifier cannot judge it).
+
+    The classifier cannot judge a song unlike its training data: a run trained on the
+    synthetic demo corpus judges no file outside that corpus (one warning per `Analyzer`), and
+    a run with an out-of-distribution check (`helpers.ood.OODCheck`) judges no song whose
+    audio descriptors lie beyond the check's threshold. ``is_ai`` is then None and the
+    verdict says so.
 
     Parameters
     ----------
-    run : str or path-like
-        A finished classifier run folder (`helpers.train.train`).
+    run : str or path-like, optional
+        A finished classifier run folder (`helpers.train.train`); None recommends only.
     index : str or path-like
-        An index folder (`helpers.index.build_index`).
+        An index folder (`helpers.index.build_index`). Required.
     k : int
-        Recommendations per AI-looking song.
+        Recommendations per song.
     threshold : float, optional
         Decision threshold on the calibrated P(AI); default the run's validation choice.
     always_recommend : bool
@@ -54,40 +82,82 @@ class Analyzer:
         Torch device for the classifier; default CPU.
     embedder_overrides : dict, optional
         Runtime arguments for the index's embedder (``device``, ``weights``, ``run_dir``).
+
+    Raises
+    ------
+    ValueError
+        No index, or a `threshold` without a run.
     """
 
     def __init__(
         self,
-        run: str | os.PathLike,
-        index: str | os.PathLike,
+        run: str | os.PathLike | None = None,
+        index: str | os.PathLike | None = None,
         k: int = 5,
         threshold: float | None = None,
         always_recommend: bool = False,
         device: str | None = None,
         embedder_overrides: dict[str, Any] | None = None,
     ) -> None:
-        self.model, self.run_info = load_run(run, device=device)
-        self.frontend = FrontEndConfig.from_dict(self.run_info["frontend"])
+        if index is None:
+            raise ValueError("an index folder is needed (build one with `python -m helpers "
+                             "index` or helpers.index.build_index)")
+        if run is None and threshold is not None:
+            raise ValueError("a P(AI) threshold needs a classifier run (--run)")
+        self.run_dir = None if run is None else Path(run)
+        self.model, self.run_info, self.frontend, self.ood = None, None, None, None
+        self.trained_on: dict[str, Any] | None = None
+        self.threshold: float | None = None
+        if run is not None:
+            self.model, self.run_info = load_run(run, device=device)
+            self.frontend = FrontEndConfig.from_dict(self.run_info["frontend"])
+            self.threshold = float(self.run_info["threshold"] if threshold is None
+                                   else threshold)
+            self.ood = OODCheck.load(run, self.run_info)
+            self.trained_on = training_data(run, self.run_info)
         self.index = CatalogIndex.load(index)
         self.embedder = self.index.embedder(**(embedder_overrides or {}))
         self.k = k
-        self.threshold = float(self.run_info["threshold"] if threshold is None else threshold)
         self.always_recommend = always_recommend
         self.timings: dict[str, float] = {}
+        self._warned_demo = False
 
     def _tick(self, stage: str, t0: float) -> float:
         now = time.perf_counter()
         self.timings[stage] = self.timings.get(stage, 0.0) + now - t0
         return now
 
-    def score_audio(self, y: np.ndarray, sr: int, name: str | os.PathLike = "<audio>") -> float:
-        """Calibrated P(AI) of the first ``duration`` seconds of decoded audio."""
+    def _require_run(self) -> None:
+        if self.model is None:
+            raise ValueError("scoring P(AI) needs a classifier run; this Analyzer has none")
+
+    def _clip_mels(self, y: np.ndarray, sr: int, name: str | os.PathLike) -> np.ndarray:
+        """dB mel of the first ``duration`` seconds, ``(1, n_mels, frames)``."""
         t0 = time.perf_counter()
         mel = mel_db(prepare_clip(y, sr, self.frontend, name=name), self.frontend)
-        t0 = self._tick("front_end", t0)
-        p = float(predict_proba(self.model, self.run_info, mel[None])[0])
+        self._tick("front_end", t0)
+        return mel[None]
+
+    def _p_ai(self, mels: np.ndarray) -> np.ndarray:
+        """Calibrated P(AI) ``(n,)`` of dB mels ``(n, n_mels, frames)``."""
+        t0 = time.perf_counter()
+        p = predict_proba(self.model, self.run_info, mels)
         self._tick("classifier", t0)
         return p
+
+    def _ood_distances(self, clips: Sequence[np.ndarray], sr: int) -> list[float] | None:
+        """`helpers.ood.OODCheck` distance of each clip; None when the run has no check."""
+        if self.ood is None:
+            return None
+        t0 = time.perf_counter()
+        distances = [self.ood.audio_distance(clip, sr) for clip in clips]
+        self._tick("ood", t0)
+        return distances
+
+    def score_audio(self, y: np.ndarray, sr: int, name: str | os.PathLike = "<audio>") -> float:
+        """Calibrated P(AI) of the first ``duration`` seconds of decoded audio."""
+        self._require_run()
+        return float(self._p_ai(self._clip_mels(y, sr, name))[0])
 
     def score_windows(self, y: np.ndarray, sr: int, name: str | os.PathLike = "<audio>",
                       hop_seconds: float | None = None) -> dict[str, Any]:
@@ -101,21 +171,25 @@ class Analyzer:
         Returns
         -------
         dict
-            ``starts`` (s) and ``p_ai`` of the scored windows, ``max``, ``mean``,
-            ``most_ai_segment`` ([start, end] in s of the window with the highest P(AI)),
-            ``n_windows`` (all windows) and ``n_skipped`` (windows left out).
+            ``starts`` (s) and ``p_ai`` of the scored windows; ``aggregate`` (how the song's
+            P(AI) is made: `WINDOW_AGGREGATE`) and ``p_song`` (that value); ``max``,
+            ``median``, ``mean``; ``most_ai_segment`` ([start, end] in s of the window with
+            the highest P(AI)); ``n_windows`` (all windows) and ``n_skipped`` (left out);
+            ``ood_distance`` per window (the run's `helpers.ood.OODCheck`; None without one).
 
         Raises
         ------
         AudioError
             Not one window is usable (the message gives the first window's reason).
         """
+        self._require_run()
         width = int(self.frontend.duration * sr)
         hop = int((hop_seconds or self.frontend.duration / 2) * sr)
         starts = list(range(0, max(len(y) - width, 0) + 1, hop))
         if len(y) > width and starts[-1] + width < len(y):
             starts.append(len(y) - width)
         mels, used, problems = [], [], []
+        t0 = time.perf_counter()
         for s in starts:
             try:
                 mels.append(mel_db(prepare_clip(y[s: s + width], sr, self.frontend, name=name),
@@ -123,22 +197,26 @@ class Analyzer:
                 used.append(s)
             except AudioError as err:
                 problems.append(err)
+        self._tick("front_end", t0)
         if not used:
             raise AudioError(name, f"no usable window: all {len(starts)} windows were "
                              f"skipped (first: {problems[0].problem})")
         if problems:
             log.info("%s: skipped %d of %d windows (silent or unusable)", name, len(problems),
                      len(starts))
-        p = predict_proba(self.model, self.run_info, np.stack(mels))
+        p = self._p_ai(np.stack(mels))
+        distance = self._ood_distances([y[s: s + width] for s in used], sr)
         best = int(np.argmax(p))
         seconds = [s / sr for s in used]
-        return {"starts": seconds, "p_ai": p.tolist(), "max": float(p.max()),
-                "mean": float(p.mean()),
+        return {"starts": seconds, "p_ai": p.tolist(), "aggregate": WINDOW_AGGREGATE,
+                "p_song": float(np.median(p)), "max": float(p.max()),
+                "median": float(np.median(p)), "mean": float(p.mean()),
                 "most_ai_segment": [seconds[best], seconds[best] + self.frontend.duration],
-                "n_windows": len(starts), "n_skipped": len(problems)}
+                "n_windows": len(starts), "n_skipped": len(problems),
+                "ood_distance": distance}
 
-    def analyze(self, audio: Audio, windows: bool = False) -> dict[str, Any]:
-        """Analyse one song (a path or ``(samples, sr)``); see `analyze`."""
+    def _decode(self, audio: Audio, windows: bool) -> tuple[str, np.ndarray, int]:
+        """The input's name and its decoded mono samples (as much as both models need)."""
         name = os.fspath(audio) if not isinstance(audio, tuple) else "<audio>"
         t0 = time.perf_counter()
         if isinstance(audio, tuple):
@@ -147,34 +225,96 @@ class Analyzer:
                 y = y.mean(axis=1)
         else:
             # The embedder reads as much as the classifier or more; decode once for both.
-            seconds = None if windows else max(self.frontend.duration,
-                                               getattr(self.embedder, "max_seconds", 0) or 0)
-            y, sr = read_audio(audio, max_seconds=seconds)
+            policy_seconds = self.embedder.policy.read_seconds  # None: the policy needs it all
+            needed = [policy_seconds or 0]
+            if self.frontend is not None:
+                needed.append(self.frontend.duration)
+            whole = windows or policy_seconds is None
+            y, sr = read_audio(audio, max_seconds=None if whole else max(needed))
         self._tick("decode", t0)
-        result: dict[str, Any] = {"input": name}
+        return name, y, sr
+
+    def _in_demo_corpus(self, audio: Audio) -> bool:
+        """Whether `audio` is a file inside the demo corpus the run trained on."""
+        root = (self.trained_on or {}).get("corpus_root")
+        if root is None or isinstance(audio, tuple):
+            return False
+        return Path(os.path.realpath(audio)).is_relative_to(os.path.realpath(root))
+
+    def _warn_demo_once(self) -> None:
+        """Say once per Analyzer (so once per command) why demo verdicts are withheld."""
+        if not self._warned_demo:
+            self._warned_demo = True
+            log.warning("the classifier run %s was trained only on the synthetic demo corpus "
+                        "(%s): its P(AI) means nothing for any other audio, so such files are "
+                        "not judged. Train on real data (e.g. SONICS) to judge real music, or "
+                        "leave the run out to only recommend.", self.run_dir,
+                        self.trained_on.get("corpus_root"))
+
+    def classify(self, audio: Audio, y: np.ndarray, sr: int, windows: bool = False
+                 ) -> dict[str, Any]:
+        """P(AI), the OOD check and the verdict of one decoded song (see `analyze`)."""
+        self._require_run()
+        name = os.fspath(audio) if not isinstance(audio, tuple) else "<audio>"
+        out: dict[str, Any] = {}
         if windows:
-            result["windows"] = self.score_windows(y, sr, name=name)
-            result["p_ai"] = result["windows"]["max"]
+            w = out["windows"] = self.score_windows(y, sr, name=name)
+            p = w["p_song"]
+            distance = None if w["ood_distance"] is None else float(np.median(
+                w["ood_distance"]))
         else:
-            result["p_ai"] = self.score_audio(y, sr, name=name)
-        result["threshold"] = self.threshold
-        result["is_ai"] = bool(result["p_ai"] >= self.threshold)
-        result["verdict"] = "looks AI-generated" if result["is_ai"] else "looks human-made"
-        result["recommendations"] = []
-        if result["is_ai"] or self.always_recommend:
-            t0 = time.perf_counter()
-            vector = self.embedder.embed_audio(y, sr)
-            t0 = self._tick("embedding", t0)
-            hits = self.index.search(vector[None], k=self.k,
-                                     exclude_paths=[None if isinstance(audio, tuple) else
-                                                    os.path.abspath(name)])[0]
-            self._tick("search", t0)
-            result["recommendations"] = [
-                {key: (round(float(v), 4) if key == "similarity" else
+            p = float(self._p_ai(self._clip_mels(y, sr, name))[0])
+            distance = None if self.ood is None else self._ood_distances([y], sr)[0]
+        ood = None if distance is None else {"distance": distance,
+                                             "threshold": self.ood.threshold,
+                                             "out_of_distribution": distance > self.ood.threshold}
+        demo_outside = (self.trained_on["kind"] == "synthetic-demo"
+                        and not self._in_demo_corpus(audio))
+        if demo_outside:
+            self._warn_demo_once()
+        if demo_outside or (ood is not None and ood["out_of_distribution"]):
+            is_ai, verdict = None, VERDICT_DEMO if demo_outside else VERDICT_OOD
+        else:
+            is_ai = p >= self.threshold
+            verdict = VERDICT_AI if is_ai else VERDICT_HUMAN
+        return {"p_ai": p, "threshold": self.threshold, "is_ai": is_ai, "verdict": verdict,
+                "trained_on": self.trained_on["kind"], "ood": ood, **out}
+
+    def recommend(self, audio: Audio, y: np.ndarray, sr: int,
+                  windows: bool = False) -> list[dict[str, Any]]:
+        """The top-K human tracks for one decoded song (never the song itself).
+
+        The song is embedded under the index's audio policy: its catalog excerpt, or with
+        `windows` the mean of its windows' vectors (`helpers.embed.Embedder.embed_windows`).
+        """
+        t0 = time.perf_counter()
+        vector = (self.embedder.embed_windows(y, sr)[0] if windows
+                  else self.embedder.embed_audio(y, sr))
+        t0 = self._tick("embedding", t0)
+        hits = self.index.search(vector[None], k=self.k,
+                                 exclude_paths=[None if isinstance(audio, tuple) else
+                                                os.path.abspath(audio)])[0]
+        self._tick("search", t0)
+        return [{key: (round(float(v), 4) if key == "similarity" else
                        int(v) if key == "rank" else str(v))
                  for key, v in row.items()}
-                for row in hits.to_dict("records")
-            ]
+                for row in hits.to_dict("records")]
+
+    def analyze(self, audio: Audio, windows: bool = False) -> dict[str, Any]:
+        """Analyse one song (a path or ``(samples, sr)``); see `analyze`."""
+        if windows:
+            self._require_run()
+        name, y, sr = self._decode(audio, windows)
+        result: dict[str, Any] = {"input": name}
+        if self.model is None:
+            result.update(p_ai=None, threshold=None, is_ai=None, verdict=VERDICT_NO_RUN)
+        else:
+            result.update(self.classify(audio, y, sr, windows=windows))
+        # Only a confident "human" withholds recommendations: without a run, or when the
+        # classifier cannot judge, the similarity search is still what the user asked for.
+        wanted = result["is_ai"] is not False or self.always_recommend
+        result["recommendations"] = (self.recommend(audio, y, sr, windows=windows) if wanted
+                                     else [])
         return result
 
     def analyze_many(self, inputs: Sequence[Audio], windows: bool = False) -> list[dict]:
@@ -190,17 +330,20 @@ class Analyzer:
         return results
 
 
-def analyze(path_or_audio: Audio, run: str | os.PathLike, index: str | os.PathLike,
-            k: int = 5, threshold: float | None = None, always_recommend: bool = False,
+def analyze(path_or_audio: Audio, run: str | os.PathLike | None = None,
+            index: str | os.PathLike | None = None, k: int = 5,
+            threshold: float | None = None, always_recommend: bool = False,
             windows: bool = False) -> dict[str, Any]:
-    """P(AI) of one song and, if it looks AI-made, the top-K similar human tracks.
+    """The top-K similar human tracks of one song and, with a classifier run, its P(AI).
 
     Parameters
     ----------
     path_or_audio : path or (np.ndarray, int)
         An audio file, or decoded audio ``(samples[, channels]), sr``.
-    run, index : str or path-like
-        Classifier run folder and index folder.
+    run : str or path-like, optional
+        Classifier run folder. None: no P(AI), recommendations only (similarity search).
+    index : str or path-like
+        Index folder (required).
     k : int
         Number of recommendations.
     threshold : float, optional
@@ -208,26 +351,31 @@ def analyze(path_or_audio: Audio, run: str | os.PathLike, index: str | os.PathLi
     always_recommend : bool
         Recommend even when the song looks human.
     windows : bool
-        Score sliding windows over the whole song (P(AI) is then their maximum) instead of the
-        first ``duration`` seconds.
+        Score sliding windows over the whole song (P(AI) is then their median, see
+        `WINDOW_AGGREGATE`) instead of the first ``duration`` seconds. Needs a run.
 
     Returns
     -------
     dict
-        ``input``, ``p_ai`` (calibrated), ``threshold``, ``is_ai``, ``verdict``,
-        ``recommendations`` (list of rank, track_id, similarity, title, artist, genre, path)
-        and, with `windows`, ``windows``.
+        ``input``, ``p_ai`` (calibrated; None without a run), ``threshold``, ``is_ai`` (None
+        without a run or when the classifier cannot judge the song), ``verdict``,
+        ``recommendations`` (list of rank, track_id, similarity, title, artist, genre, path);
+        with a run also ``trained_on`` (the kind of data it learned from) and ``ood``
+        (``distance``, ``threshold``, ``out_of_distribution``; None for runs without the
+        check); with `windows`, ``windows``.
 
     Examples
     --------
+    >>> analyze("song.mp3", index="runs/index", k=5)  # doctest: +SKIP
     >>> analyze("song.mp3", run="runs/tiny", index="runs/index", k=5)  # doctest: +SKIP
     """
     analyzer = Analyzer(run, index, k=k, threshold=threshold, always_recommend=always_recommend)
     return analyzer.analyze(path_or_audio, windows=windows)
 
 
-def analyze_many(paths: Sequence[Audio], run: str | os.PathLike, index: str | os.PathLike,
-                 k: int = 5, threshold: float | None = None, always_recommend: bool = False,
+def analyze_many(paths: Sequence[Audio], run: str | os.PathLike | None = None,
+                 index: str | os.PathLike | None = None, k: int = 5,
+                 threshold: float | None = None, always_recommend: bool = False,
                  windows: bool = False) -> list[dict[str, Any]]:
     """`analyze` for many songs with the models loaded once; bad files get an ``error``."""
     analyzer = Analyzer(run, index, k=k, threshold=threshold, always_recommend=always_recommend)
@@ -242,13 +390,13 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
         if "error" in r:
             lines.append(f"  error: {r['error']}")
             continue
-        lines.append(f"  P(AI) = {r['p_ai']:.3f}  (threshold {r['threshold']:.3f}): "
-                     f"{r['verdict']}")
+        lines.append(_verdict_line(r))
         if "windows" in r:
             w = r["windows"]
             skipped = (f" ({w['n_skipped']} of {w['n_windows']} windows skipped: silent or "
                        "unusable)" if w.get("n_skipped") else "")
-            lines.append(f"  windows: max {w['max']:.3f}, mean {w['mean']:.3f}, most AI-like "
+            lines.append(f"  windows: P(AI) is the {w['aggregate']} of {len(w['p_ai'])} "
+                         f"windows (max {w['max']:.3f}, mean {w['mean']:.3f}), most AI-like "
                          f"{w['most_ai_segment'][0]:.0f}-{w['most_ai_segment'][1]:.0f} s"
                          + skipped)
         if r["recommendations"]:
@@ -257,9 +405,21 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
             for rec in r["recommendations"]:
                 lines.append(f"    {rec['rank']:>2}  {rec['similarity']:>10.3f}  "
                              f"{rec['artist'][:22]:<22} {rec['genre'][:12]:<12} {rec['title']}")
-        elif not r["is_ai"]:
+        elif r["is_ai"] is False:
             lines.append("  looks human: no recommendations (use --always-recommend)")
     return "\n".join(lines)
+
+
+def _verdict_line(r: dict[str, Any]) -> str:
+    """The P(AI) line of one result; a P(AI) the run cannot vouch for is marked as such."""
+    if r["p_ai"] is None:
+        return f"  {r['verdict']}"
+    ood = r.get("ood")
+    unlike = (f"; {ood['distance']:.3f} from the training clips, limit {ood['threshold']:.3f}"
+              if ood and ood["out_of_distribution"] else "")
+    if r["is_ai"] is None:
+        return f"  P(AI) = {r['p_ai']:.3f} (meaningless here): {r['verdict']}{unlike}"
+    return f"  P(AI) = {r['p_ai']:.3f}  (threshold {r['threshold']:.3f}): {r['verdict']}"
 
 
 def run_demo(out_dir: str | os.PathLike = "demo_out", seed: int = 0, k: int = 5,

@@ -3,6 +3,10 @@
 A run folder is what `helpers.train.train` writes (``run.json``, ``best.pt``, ``splits.csv``,
 ...). Everything that *uses* a run lives here, so evaluation, the pipeline, the embedders and
 the robustness checks depend on this small module rather than on the training loop.
+
+A run also says what it was trained on (`describe_training_data`, `training_data`): a model
+that has only heard the synthetic demo corpus cannot judge real music (`helpers.ood` checks
+how far a clip lies from a run's training clips).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ log = logging.getLogger(__name__)
 
 #: Every manifest row's split as trained (validation carved from ``train`` included).
 SPLITS_FILE = "splits.csv"
+
+#: What `helpers.synth.make_corpus` writes next to the demo corpus's manifest.
+DEMO_CORPUS_FILE = "corpus.json"
+
+#: ``training_data["kind"]`` values (``unknown``: a run written before it was recorded).
+TRAINING_DATA_KINDS = ("synthetic-demo", "sonics", "custom", "unknown")
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
@@ -264,3 +274,83 @@ def manifest_changes(saved: pd.DataFrame, frame: pd.DataFrame) -> dict[str, int]
     return {"added": int(new_all.index.difference(old_all.index).size),
             "removed": int(old_all.index.difference(new_all.index).size),
             "changed": int(changed.sum())}
+
+
+# ------------------------------------------------------------------------------------------
+# What a run was trained on
+# ------------------------------------------------------------------------------------------
+
+
+def find_demo_corpus(paths: Sequence[str], manifest: Path | None = None) -> Path | None:
+    """The demo corpus folder (holding `DEMO_CORPUS_FILE`) these files come from, if any.
+
+    Looks next to the manifest, then in the folder all paths share and up to three folders
+    above it (the corpus keeps its clips in ``audio/<label>/<style>/``).
+    """
+    candidates = [manifest.parent] if manifest is not None else []
+    if len(paths):
+        common = Path(os.path.commonpath([os.path.abspath(p) for p in paths]))
+        candidates += [common, *list(common.parents)[:3]]
+    return next((c for c in candidates if (c / DEMO_CORPUS_FILE).is_file()), None)
+
+
+def describe_training_data(
+    frame: pd.DataFrame, manifest: str | os.PathLike | pd.DataFrame | None = None,
+    n_clips: int | None = None,
+) -> dict[str, Any]:
+    """What a manifest holds, as recorded in ``run.json["training_data"]``.
+
+    Parameters
+    ----------
+    frame : pd.DataFrame
+        The loaded manifest (`helpers.datasets.load_manifest`).
+    manifest : str, path-like or DataFrame, optional
+        What the manifest was loaded from (a DataFrame records no file).
+    n_clips : int, optional
+        Clips the model learned from (train + val); default every row.
+
+    Returns
+    -------
+    dict
+        ``kind``: ``"synthetic-demo"`` (a `helpers.synth` corpus: its `DEMO_CORPUS_FILE`
+        is found, or every row's ``source`` is ``synth``), ``"sonics"`` (any ``source``
+        starting with ``sonics``, as `helpers.sources` writes) or ``"custom"``; ``manifest``
+        (absolute path or None), ``corpus_root`` (the demo corpus folder or None),
+        ``n_clips`` and ``sources`` (rows per non-empty ``source`` value).
+    """
+    path = None
+    if manifest is not None and not isinstance(manifest, pd.DataFrame):
+        path = Path(manifest).expanduser().resolve()
+        path = path / "manifest.csv" if path.is_dir() else path
+    named = frame["source"][frame["source"] != ""] if "source" in frame else pd.Series()
+    sources = named.value_counts().to_dict()
+    root = find_demo_corpus(frame["path"].tolist(), path)
+    if root is None and set(sources) == {"synth"}:
+        root = Path(os.path.commonpath([os.path.abspath(p) for p in frame["path"]]))
+    if root is not None:
+        kind = "synthetic-demo"
+    elif any(str(s).startswith("sonics") for s in sources):
+        kind = "sonics"
+    else:
+        kind = "custom"
+    return {"kind": kind, "manifest": str(path) if path else None,
+            "corpus_root": str(root.resolve()) if root else None,
+            "n_clips": int(len(frame) if n_clips is None else n_clips),
+            "sources": {str(k): int(v) for k, v in sources.items()}}
+
+
+def training_data(run_dir: str | os.PathLike, run_info: dict[str, Any]) -> dict[str, Any]:
+    """What a run was trained on: ``run.json["training_data"]``, or worked out for older runs.
+
+    A run written before it was recorded is recognised as demo-trained from the paths in its
+    ``splits.csv`` (they lie in a demo corpus); otherwise its ``kind`` is ``"unknown"``.
+    """
+    if run_info.get("training_data"):
+        return run_info["training_data"]
+    saved = read_splits(run_dir)
+    root = find_demo_corpus(saved["path"].tolist()) if saved is not None else None
+    return {"kind": "synthetic-demo" if root else "unknown", "manifest": None,
+            "corpus_root": str(root.resolve()) if root else None,
+            "n_clips": None if saved is None else int(saved["split"].isin(["train", "val"])
+                                                       .sum()),
+            "sources": {}}

@@ -9,11 +9,14 @@
     last.pt           full training state after the latest epoch (what `resume=True` reads)
     history.csv       epoch, train_loss, val_loss, val_roc_auc, lr, seconds
     splits.csv        every clip's split as trained (including a carved validation split)
+    ood_reference.npy audio descriptors of the training clips, for `helpers.ood.OODCheck`
     val_predictions.csv   validation logits, used for calibration and thresholds
 
 It reads top to bottom as `_train` does: prepare (configs, splits, feature cache) -> build
 (model, optimiser, loaders, generators) -> fit (epochs, early stopping, checkpoints) ->
-calibrate (temperature and thresholds on validation) -> write (``run.json``).
+calibrate (temperature and thresholds on validation) -> record what it was trained on (the
+kind of data, and its clips' descriptors for the out-of-distribution check) -> write
+(``run.json``).
 
 A checkpoint is written after every epoch through `helpers.io.atomic_path`, and holds the
 model, optimizer, scheduler, early-stopping state and every random state (python, numpy,
@@ -58,7 +61,14 @@ from helpers.metrics import (
     threshold_for_fpr,
 )
 from helpers.model import ModelConfig, build_model, model_config_for
-from helpers.run import SPLITS_FILE, load_checkpoint, manifest_changes, read_splits
+from helpers.ood import OODCheck, file_descriptors
+from helpers.run import (
+    SPLITS_FILE,
+    describe_training_data,
+    load_checkpoint,
+    manifest_changes,
+    read_splits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -630,7 +640,7 @@ def _train(
     if not _fit(trainer, prep, stop_after_epochs, progress):
         return run_dir  # interrupted on purpose; `resume=True` continues
     calibration = _calibrate(trainer, prep)
-    _write(prep, trainer, calibration, t_start)
+    _write(prep, trainer, calibration, t_start, _fit_ood(prep))
     return run_dir
 
 
@@ -661,6 +671,7 @@ class _Prepared:
     val_ds: CacheDataset
     preprocess: dict[str, Any]
     preprocess_s: float
+    training_data: dict[str, Any]
 
     def settings(self) -> dict[str, Any]:
         """Saved in every checkpoint and in ``run.json``: enough to rebuild the run."""
@@ -710,8 +721,10 @@ def _prepare(
                 f"{cache_dir / 'failures.csv'}" if train_ds.dropped else "")
         raise ValueError(f"training needs both labels; got {n_ai} ai and "
                          f"{len(train_ds) - n_ai} human clips{hint}")
+    training_data = describe_training_data(frame, manifest, n_clips=len(fit_rows))
     return _Prepared(run_dir, cache_dir, config, frontend, model_config, model_kind,
-                     preset_name, fingerprint, train_ds, val_ds, report, preprocess_s)
+                     preset_name, fingerprint, train_ds, val_ds, report, preprocess_s,
+                     training_data)
 
 
 def _resume_settings(
@@ -902,7 +915,30 @@ def _calibrate(t: _Trainer, prep: _Prepared) -> _Calibration:
                         threshold_for_fpr(y, p, prep.config.target_fpr))
 
 
-def _write(prep: _Prepared, t: _Trainer, cal: _Calibration, t_start: float) -> None:
+def _fit_ood(prep: _Prepared) -> dict[str, Any] | None:
+    """Descriptors of the training clips and the distance threshold on validation, for
+    `helpers.ood.OODCheck`; None without validation clips."""
+    if len(prep.val_ds) == 0:
+        return None
+    cap = 1024  # the check fits on a sample; reading every clip of a large corpus is slow
+    rng = np.random.default_rng(prep.config.seed)
+    paths = []
+    for ds in (prep.train_ds, prep.val_ds):
+        rows = ds.frame["path"].to_numpy()
+        paths.append(rows if len(rows) <= cap else rows[np.sort(rng.choice(len(rows), cap,
+                                                                           replace=False))])
+    seconds = prep.frontend.duration
+    train_desc, val_desc = (file_descriptors(p, seconds) for p in paths)
+    if len(train_desc) < 2 or len(val_desc) == 0:
+        log.warning("no out-of-distribution check: too few readable clips")
+        return None
+    check, info = OODCheck.fit(train_desc, val_desc, seconds=seconds, seed=prep.config.seed)
+    check.save(prep.run_dir)
+    return info
+
+
+def _write(prep: _Prepared, t: _Trainer, cal: _Calibration, t_start: float,
+           ood: dict[str, Any] | None) -> None:
     """``val_predictions.csv`` and ``run.json``."""
     write_csv(prep.run_dir / "val_predictions.csv", prep.val_ds.frame[
         ["path", "track_id", "label"]].assign(logit=cal.logits, p_ai=cal.p))
@@ -933,6 +969,8 @@ def _write(prep: _Prepared, t: _Trainer, cal: _Calibration, t_start: float) -> N
         "epochs_run": state["epoch"],
         "stopped_early": state["stopped_early"],
         "manifest_fingerprint": prep.fingerprint,
+        "training_data": prep.training_data,
+        "ood": ood,
         "n_clips": {"train": len(prep.train_ds), "val": len(prep.val_ds), "train_ai": n_ai,
                     "train_human": len(prep.train_ds) - n_ai},
         "dropped": prep.train_ds.dropped + prep.val_ds.dropped,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -69,6 +70,34 @@ def test_index_label_all_puts_both_labels_in_the_catalog(tmp_path, capsys):
 def test_parser_defaults_are_the_documented_ones():
     args = build_parser().parse_args(["recommend", "a.mp3", "--run", "r", "--index", "i"])
     assert args.k == 5 and args.threshold is None and not args.windows
+    assert build_parser().parse_args(["recommend", "a.mp3", "--index", "i"]).run is None
+
+
+def test_recommend_without_a_run_lists_similar_tracks(tmp_path):
+    rows = []
+    for i in range(4):
+        sf.write(tmp_path / f"c{i}.wav", tone(1.0, 16_000, 300.0 + 100 * i, seed=i), 16_000)
+        rows.append({"path": f"c{i}.wav", "label": "human", "split": "train", "title": f"t{i}"})
+    csv = write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+    assert main(["index", "--manifest", str(csv), "--out", str(tmp_path / "index"),
+                 "--embedder", "features"]) == 0
+    songs = []
+    for i in range(2):
+        songs.append(str(tmp_path / f"song{i}.wav"))
+        sf.write(songs[-1], tone(1.0, 16_000, 310.0 + 200 * i, seed=9 + i), 16_000)
+    command = [sys.executable, "-m", "helpers", "recommend", *songs, "--index",
+               str(tmp_path / "index"), "-k", "2"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("similar human tracks") == 2 and "P(AI)" not in proc.stdout
+    results = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True,
+                                        timeout=300, check=True).stdout)
+    assert [r["p_ai"] for r in results] == [None, None]
+    assert [rec["title"] for rec in results[0]["recommendations"]] == ["t0", "t1"]  # 300, 400 Hz
+    assert [rec["title"] for rec in results[1]["recommendations"]][0] == "t2"  # 510 Hz
+    refused = subprocess.run([*command, "--windows"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and "need --run" in refused.stderr
 
 
 def test_synth_writes_the_corpus_and_prints_its_manifest(tmp_path, capsys):

@@ -20,6 +20,7 @@ from helpers.io import write_csv, write_json
 from helpers.metrics import sigmoid
 from helpers.model import build_model, model_config_for
 from helpers.run import (
+    describe_training_data,
     load_run,
     manifest_changes,
     predict_logits,
@@ -27,6 +28,7 @@ from helpers.run import (
     read_splits,
     score_files,
     split_rows,
+    training_data,
 )
 
 FRONT = FrontEndConfig(duration=2.0)
@@ -141,3 +143,47 @@ def test_manifest_changes_counts_added_removed_and_changed_rows(tmp_path):
     assert manifest_changes(legacy, frame) == {"added": 0, "removed": 0, "changed": 0}
     assert manifest_changes(legacy, new)["changed"] == 2
     assert read_splits(tmp_path / "nowhere") is None
+
+
+# --- what a run trained on --------------------------------------------------------------------
+
+
+def _demo_like_corpus(root: Path) -> pd.DataFrame:
+    """A folder laid out as `helpers.synth.make_corpus` writes it (without the audio)."""
+    write_json(root / "corpus.json", {"generator_version": 1, "config": {}})
+    rows = [{"path": str(root / "audio" / label / "pop" / f"{label}{i}.wav"), "label": label,
+             "split": "train", "source": "synth"} for label in ("ai", "human") for i in range(2)]
+    frame = pd.DataFrame(rows)
+    write_csv(root / "manifest.csv", frame)
+    return frame
+
+
+def test_describe_training_data_tells_demo_sonics_and_custom_apart(tmp_path):
+    demo = _demo_like_corpus(tmp_path / "demo")
+    as_file = describe_training_data(demo, tmp_path / "demo")
+    assert as_file["kind"] == "synthetic-demo"
+    assert as_file["corpus_root"] == str((tmp_path / "demo").resolve())
+    assert as_file["manifest"] == str((tmp_path / "demo" / "manifest.csv").resolve())
+    as_frame = describe_training_data(demo, demo, n_clips=3)  # demo: run_demo passes a frame
+    assert (as_frame["kind"], as_frame["corpus_root"], as_frame["manifest"],
+            as_frame["n_clips"]) == ("synthetic-demo", as_file["corpus_root"], None, 3)
+    sonics = demo.assign(source=["sonics-suno", "sonics-udio", "gtzan", "gtzan"],
+                         path=[f"/d/{i}.mp3" for i in range(4)])
+    assert describe_training_data(sonics)["kind"] == "sonics"
+    assert describe_training_data(sonics)["sources"] == {"gtzan": 2, "sonics-suno": 1,
+                                                         "sonics-udio": 1}
+    custom = describe_training_data(sonics.assign(source=""))
+    assert (custom["kind"], custom["corpus_root"], custom["n_clips"]) == ("custom", None, 4)
+
+
+def test_training_data_of_a_run_from_before_it_was_recorded(tmp_path):
+    demo = _demo_like_corpus(tmp_path / "demo")
+    old_run = tmp_path / "old_run"
+    write_csv(old_run / "splits.csv", demo.assign(split=["train", "val", "train", "test"]))
+    found = training_data(old_run, {})
+    assert (found["kind"], found["n_clips"]) == ("synthetic-demo", 3)
+    assert found["corpus_root"] == str((tmp_path / "demo").resolve())
+    write_csv(old_run / "splits.csv", demo.assign(path=[f"/d/{i}.wav" for i in range(4)]))
+    assert training_data(old_run, {})["kind"] == "unknown"
+    recorded = {"kind": "custom", "manifest": None}
+    assert training_data(old_run, {"training_data": recorded}) is recorded

@@ -25,7 +25,8 @@ from helpers.config import FrontEndConfig
 from helpers.evaluate import evaluate
 from helpers.metrics import binary_nll, expected_calibration_error, fit_temperature, sigmoid
 from helpers.model import ViTPatchBaseline
-from helpers.run import load_run
+from helpers.ood import OODCheck, file_descriptors
+from helpers.run import load_run, read_splits
 from helpers.train import (
     TrainConfig,
     augment,
@@ -125,6 +126,22 @@ def test_run_folder_holds_everything_needed(finished_run, corpus):
     # excerpts of one track never straddle train and val
     by_track = splits[splits["split"] != "test"].groupby("track_id")["split"].nunique()
     assert (by_track == 1).all()
+
+
+def test_run_records_what_it_trained_on_and_its_clips_descriptors(finished_run):
+    info = json.loads((finished_run / "run.json").read_text())
+    splits = read_splits(finished_run)
+    fit = splits[splits["split"].isin(["train", "val"])]
+    assert info["training_data"] == {"kind": "custom", "manifest": None, "corpus_root": None,
+                                     "n_clips": len(fit), "sources": {}}
+    # the reference describes the training clips (not validation or test ones), and the
+    # threshold is the 99th percentile of the validation clips' distances to it
+    train_rows, val_rows = (fit[fit["split"] == s]["path"] for s in ("train", "val"))
+    check = OODCheck.load(finished_run, info)
+    np.testing.assert_allclose(check.reference, file_descriptors(train_rows, 2.0), rtol=1e-5)
+    val_distance = check.distance(file_descriptors(val_rows, 2.0))
+    assert check.threshold == pytest.approx(np.quantile(val_distance, 0.99), rel=1e-6)
+    assert (info["ood"]["n_val"], info["ood"]["seconds"]) == (len(val_rows), 2.0)
 
 
 def test_resume_after_interruption_gives_identical_weights(corpus, cache_dir, finished_run,
