@@ -8,7 +8,8 @@ Modules, in the order data flows:
 * ``artifacts`` (what makes a clip "AI" in this project's proxies), ``synth`` (the offline demo
   corpus), ``perturb`` (what users' files go through: re-encoding, pitch, noise ...);
 * Model 1: ``model``, ``train`` (fitting only), ``run`` (a trained run: load, predict, score
-  files), ``evaluate``/``metrics``/``plots``, ``robustness`` (checks of a trained run);
+  files), ``ood`` (is a clip like what the run was trained on?), ``evaluate``/``metrics``/
+  ``plots``, ``robustness`` (checks of a trained run);
 * Model 2: ``openl3`` (the PyTorch port), ``embed``, ``index``, ``retrieval``;
 * ``pipeline`` (classify, then recommend), ``cli`` (``python -m helpers``), ``colab``, and
   ``jit`` (keeps numba's on-disk kernel cache safe for process pools).

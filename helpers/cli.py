@@ -8,6 +8,7 @@ Stages, in the order data flows::
     train       manifest -> run folder (Model 1, the AI-vs-human classifier)
     evaluate    run + manifest -> metrics.json, predictions.csv, figures
     index       manifest (human songs) -> index folder (Model 2's catalog)
+    weights     the official OpenL3 weights   -> local cache (for --embedder openl3)
     recommend   audio files + index [+ run] -> top-K similar human tracks [and P(AI)]
     demo        all of the above on the demo corpus, offline
 
