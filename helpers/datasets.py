@@ -197,6 +197,10 @@ def _split_crossings(frame: pd.DataFrame, column: str) -> str:
     return f"{len(crossing)} {column}(s) in more than one split, e.g. {', '.join(examples)}"
 
 
+#: Artist-crossing warnings already given in this process: (manifest name, message).
+_WARNED: set[tuple[str, str]] = set()
+
+
 def _check_split_leaks(frame: pd.DataFrame, name: str, strict_artists: bool) -> None:
     """Refuse a track in two splits; an artist in two splits too when asked, else warn."""
     leak = _split_crossings(frame, "track_id")
@@ -213,7 +217,8 @@ def _check_split_leaks(frame: pd.DataFrame, name: str, strict_artists: bool) -> 
             "helpers.datasets.assign_splits(frame['artist'])), or pass strict_artists=False "
             "to accept it"
         )
-    if leak:
+    if leak and (name, leak) not in _WARNED:
+        _WARNED.add((name, leak))  # once per manifest and process, not at every stage
         log.warning("%s: %s; a model may learn to recognise those artists, so the test score "
                     "can be optimistic (strict_artists=True refuses such a manifest)", name, leak)
 

@@ -83,7 +83,7 @@ def _entry_ok(nbi: Path, key: tuple, data_name: str) -> bool:
     if type(stored).__name__ == "Signature":  # a compiled function: its signature is stored
         # The index key is a signature object or its text ("void(float32[:], bool_[:])"); the
         # element types are what a mixed-up entry gets wrong, so compare those.
-        return _dtypes(str(claimed)) == _dtypes(str(stored))
+        return _arg_dtypes(claimed) == _arg_dtypes(stored)
     blobs = [b for b in data[-1] if isinstance(b, bytes)] if isinstance(data[-1], tuple) else []
     if blobs and hasattr(claimed, "args"):  # a gufunc wrapper: LLVM bitcode naming its kernel
         from numba.core import itanium_mangler  # noqa: PLC0415 - numba loads with librosa
@@ -91,6 +91,23 @@ def _entry_ok(nbi: Path, key: tuple, data_name: str) -> bool:
         expected = itanium_mangler.mangle_args(claimed.args).encode()
         return any(expected in blob for blob in blobs)
     return True
+
+
+def _arg_dtypes(signature: object) -> list[str]:
+    """Element types of a signature's arguments, from a numba Signature or its text.
+
+    Only the arguments: whether a key spells out the return type differs between librosa
+    versions ("(complex64,) -> float32" in 0.11, the arguments alone in 1.0).
+    """
+    args = getattr(signature, "args", None)
+    if args is not None:
+        return _dtypes(str(tuple(args)))
+    text = str(signature)
+    if "->" in text:  # "(float32, ...) -> none"
+        text = text.split("->")[0]
+    elif "(" in text:  # "void(float32[:], bool_[:])": the return type comes first
+        text = text[text.index("("):]
+    return _dtypes(text)
 
 
 def _dtypes(text: str) -> list[str]:
