@@ -197,8 +197,8 @@ def _split_crossings(frame: pd.DataFrame, column: str) -> str:
     return f"{len(crossing)} {column}(s) in more than one split, e.g. {', '.join(examples)}"
 
 
-#: Artist-crossing warnings already given in this process: (manifest name, message).
-_WARNED: set[tuple[str, str]] = set()
+#: Artist-crossing warnings already given in this process.
+_WARNED: set[str] = set()
 
 
 def _check_split_leaks(frame: pd.DataFrame, name: str, strict_artists: bool) -> None:
@@ -217,8 +217,8 @@ def _check_split_leaks(frame: pd.DataFrame, name: str, strict_artists: bool) -> 
             "helpers.datasets.assign_splits(frame['artist'])), or pass strict_artists=False "
             "to accept it"
         )
-    if leak and (name, leak) not in _WARNED:
-        _WARNED.add((name, leak))  # once per manifest and process, not at every stage
+    if leak and leak not in _WARNED:
+        _WARNED.add(leak)  # once per process, not again at every stage that loads it
         log.warning("%s: %s; a model may learn to recognise those artists, so the test score "
                     "can be optimistic (strict_artists=True refuses such a manifest)", name, leak)
 
