@@ -15,10 +15,12 @@ import torch
 from helpers.audio import load_clip, mel_db
 from helpers.config import FrontEndConfig
 from helpers.embed import (
+    FEATURE2_BLOCKS,
     FEATURE_NAMES,
     ClassifierEmbedder,
     Embedder,
     FeatureEmbedder,
+    FeatureEmbedder2,
     OpenL3Embedder,
     default_embedder,
     embedder_from_config,
@@ -229,6 +231,51 @@ def test_make_embedder_by_name():
     assert isinstance(make_embedder("features", sr=16000), FeatureEmbedder)
     with pytest.raises(ValueError, match="unknown embedder"):
         make_embedder("word2vec")
+
+
+# -- features2: more descriptors and pooling, an opt-in embedder ----------------------------------
+
+
+def test_features2_starts_with_the_features_vector_and_selects_blocks(clips):
+    y, sr = sf.read(clips["sine_440"], dtype="float32")
+    full = FeatureEmbedder2(blocks=tuple(FEATURE2_BLOCKS), max_seconds=2.0)
+    raw = full.embed_raw_audio(y, sr)
+    assert raw.shape == (sum(FEATURE2_BLOCKS.values()),) and np.isfinite(raw).all()
+    np.testing.assert_allclose(raw[:len(FEATURE_NAMES)],
+                               FeatureEmbedder(max_seconds=2.0).embed_raw_audio(y, sr))
+    only = FeatureEmbedder2(blocks=("tempogram", "dmfcc"), max_seconds=2.0)
+    np.testing.assert_allclose(full.select(raw[None], only)[0], only.embed_raw_audio(y, sr),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="subset"):
+        FeatureEmbedder2(blocks=("v1", "lyrics"))
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_features2_block_weighting_gives_each_block_an_equal_share(weighting):
+    raw = np.random.default_rng(0).normal(size=(400, sum(FEATURE2_BLOCKS.values())))
+    embedder = FeatureEmbedder2(blocks=tuple(FEATURE2_BLOCKS), block_weighting=weighting)
+    vectors = embedder.fit(raw).transform(raw)
+    sizes = np.array(list(FEATURE2_BLOCKS.values()))
+    shares = [(block**2).sum(1).mean()
+              for block in np.split(vectors, np.cumsum(sizes)[:-1], axis=1)]
+    expected = np.full(len(sizes), 1 / len(sizes)) if weighting else sizes / sizes.sum()
+    np.testing.assert_allclose(shares, expected, rtol=0.1)
+
+
+def test_features2_separates_timbres_and_rebuilds_from_its_index_config(clips):
+    embedder = FeatureEmbedder2(max_seconds=2.0)
+    raw, ok, _ = embedder.embed_files(clips.values(), progress=False, raw=True)
+    vectors = embedder.fit(raw).transform(raw)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    names = list(clips)
+    # every clip's nearest neighbour is of its own kind (sine or noise)
+    assert all(names[j].split("_")[0] == n.split("_")[0]
+               for n, j in zip(names, sims.argmax(1), strict=True))
+    rebuilt = embedder_from_config(embedder.config())
+    assert isinstance(rebuilt, FeatureEmbedder2) and rebuilt.blocks == embedder.blocks
+    np.testing.assert_allclose(rebuilt.transform(raw), vectors, atol=1e-6)
+    assert embedder.config() != FeatureEmbedder(max_seconds=2.0).fit(raw[:, :93]).config()
 
 
 # -- one audio policy for the catalog and for queries ------------------------------------------
