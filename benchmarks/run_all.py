@@ -40,10 +40,12 @@ BENCHMARKS: dict[str, list[str]] = {
     "embedding": ["--device", "cpu", "--out", str(RESULTS / "embedding_cpu.json")],
     "classifier": ["--device", "cpu"],
     "index": [],
+    "hnsw": [],
     "end_to_end": [],
     "robustness": [],
     "real_detection": [],
     "real_robustness": [],
+    "real_retrieval": [],
 }
 
 
@@ -87,7 +89,7 @@ HEADER = ("area", "measurement", "result", "baseline (same run)",
           "ratio (>1: ours better)", "data", "machine", "run (commit, UTC date)")
 #: Row order by area (the order of the headline questions); unknown areas go last.
 AREA_ORDER = ("openl3 parity", "preprocess", "embedding", "classifier", "index", "end to end",
-              "memory", "robustness", "real detection")
+              "memory", "robustness", "real detection", "real retrieval")
 
 
 def _get(data: Any, *keys: Any, default: Any = None) -> Any:
@@ -432,6 +434,47 @@ def _robustness(d: dict) -> list[Row]:
     return rows
 
 
+def _hnsw(d: dict) -> list[Row]:
+    """Per catalog: the efSearch the index tunes itself to, its held-out recall and latency
+    against exact search."""
+    if "results" not in d:
+        return _generic(d, "index")
+    m, rows = machine_of(d), []
+    for r in d["results"]:
+        tuned = r.get("tuned", {})
+        ef = tuned.get("ef_search")
+        hnsw_ms = _get(r, "ef_search", str(ef), "single_query_ms")
+        rows.append((
+            "index", f"HNSW, efSearch tuned on the catalog ({ef}), n={_num(r.get('n'), 6)} "
+                     f"{r.get('variant', '?')}: held-out recall@5 "
+                     f"{_num(tuned.get('held_out_recall_at_5'))}, single query",
+            _num(hnsw_ms, unit=" ms"), f"exact {_num(r.get('flat_single_query_ms'), unit=' ms')}",
+            _ratio(r.get("flat_single_query_ms"), hnsw_ms), "random/clustered unit vectors", m))
+    return rows
+
+
+def _real_retrieval(d: dict) -> list[Row]:
+    """Test-track retrieval of each embedder against the MFCC/chroma/contrast baseline."""
+    if "table" not in d:
+        return _generic(d, "real retrieval")
+    m, rows = machine_of(d), []
+    test = [r for r in d["table"] if r.get("split") == "test"]
+    base = {r["transform"]: r for r in test if r["embedder"] == "baseline"}
+    for r in test:
+        b = base.get(r["transform"])
+        if r["embedder"] == "baseline" or b is None:
+            continue
+        rows.append((
+            "real retrieval", f"`{r['embedder']}`, {r['transform']} queries: track recall@5, "
+                              "source precision@5",
+            f"{_num(r['track_recall_at_5'])}, {_num(r['source_p_at_5'])}",
+            f"{_num(b['track_recall_at_5'])}, {_num(b['source_p_at_5'])}",
+            _ratio(r["track_recall_at_5"], b["track_recall_at_5"]),
+            f"Debian soundtracks, {r.get('n_queries', '?')} test tracks (target 0.975, 0.60)",
+            m))
+    return rows
+
+
 #: Results files, in table order: (file name or glob, builder, area if missing).
 SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("openl3_parity.json", _openl3_parity, "openl3 parity"),
@@ -443,11 +486,13 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("classifier_cpu_tiny_1thread.json", _classifier, "classifier"),
     ("classifier_cuda.json", _classifier, "classifier"),
     ("index.json", _index, "index"),
+    ("hnsw.json", _hnsw, "index"),
     ("end_to_end.json", _end_to_end, "end to end"),
     ("robustness.json", _robustness, "robustness"),
     ("real_detection.json", _real_detection, "real detection"),
     ("real_detection_widelands.json", _real_detection, "real detection"),
     ("real_robustness.json", _robustness, "robustness"),
+    ("real_retrieval.json", _real_retrieval, "real retrieval"),
 ]
 #: Files that only some machines produce: no "not run" row when they are absent.
 OPTIONAL = {"embedding_cuda.json", "embedding_cpu_channels_last.json", "classifier_cuda.json",
