@@ -1,10 +1,14 @@
-"""Catalog search speed: FAISS exact vs. FAISS HNSW vs. scikit-learn brute force.
+"""Catalog search speed: numpy exact vs. FAISS exact vs. FAISS HNSW vs. scikit-learn brute force.
 
 For catalogs of 1k / 10k / 50k / 200k unit vectors of 512 float32 (OpenL3's size), measures:
 
 * build time (FAISS ``add``; scikit-learn ``fit``; HNSW graph construction);
-* query latency for one query and for a batch of 64 (median over repeats, k = 5), also for a
-  plain numpy baseline (one BLAS product + argpartition);
+* exact query latency for one query and for batches of 64 and 100 (median over repeats,
+  k = 5) of the three exact searches in the same run: `helpers.index.exact_top_k` (numpy: one
+  BLAS product + argpartition, what `CatalogIndex` uses for flat search), FAISS
+  ``IndexFlatIP`` and scikit-learn brute force, on 1 and 2 threads (`--compare-threads`),
+  their runs alternated so that a change in machine load hits all three alike; the BLAS
+  numpy uses (threadpoolctl) is recorded, since FAISS bundles its own;
 * bytes per track (serialised FAISS index / n);
 * HNSW recall@5 against the exact answer, on random vectors (the hard case: in 512-d random
   points are all nearly equidistant, so graph search has little structure to use) and on a
@@ -38,14 +42,16 @@ from pathlib import Path
 import faiss
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from benchmarks.provenance import write_result
+from helpers.index import exact_top_k
 
 RESULTS = Path(__file__).resolve().parent / "results" / "index.json"
 DIM = 512
 K = 5
 BATCH = 64
+BATCHES = {"single_query": 1, "batch_64": 64, "batch_100": 100}
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -79,6 +85,45 @@ def timed(fn: Callable[[], object], min_repeats: int = 3, min_seconds: float = 0
             "repeats": len(times)}
 
 
+def timed_alternating(fns: dict[str, Callable[[], object]], min_repeats: int = 3,
+                      min_seconds: float = 0.3, max_repeats: int = 200) -> dict[str, dict]:
+    """`timed` for several functions, called in turn each round: a load change hits all."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_repeats and (rounds < min_repeats
+                                    or time.perf_counter() - start < min_seconds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+        rounds += 1
+    return {name: {"median_ms": 1e3 * statistics.median(v), "best_ms": 1e3 * min(v),
+                   "repeats": len(v)} for name, v in times.items()}
+
+
+def compare_exact(x: np.ndarray, queries: np.ndarray, flat: faiss.Index,
+                  nn: NearestNeighbors | None, threads: list[int]) -> dict:
+    """Numpy vs FAISS flat vs sklearn, ``{threads: {batch name: {method: timing}}}``."""
+    out: dict[str, dict] = {}
+    for n_threads in threads:
+        faiss.omp_set_num_threads(n_threads)
+        with threadpool_limits(limits=n_threads):
+            cases = {}
+            for name, size in BATCHES.items():
+                q = queries[:size]
+                fns = {"numpy": lambda q=q: exact_top_k(q, x, K),
+                       "faiss_flat": lambda q=q: flat.search(q, K)}
+                if nn is not None:
+                    fns["sklearn"] = lambda q=q: nn.kneighbors(q)
+                timing = timed_alternating(fns)
+                for v in timing.values():
+                    v["per_query_ms"] = v["median_ms"] / size
+                cases[name] = timing
+            out[str(n_threads)] = cases
+    return out
+
+
 def recall_at_k(truth: np.ndarray, approx: np.ndarray) -> float:
     return float(np.mean([len(set(t) & set(a)) / len(t) for t, a in zip(truth, approx)]))
 
@@ -92,14 +137,6 @@ def bench_exact(x: np.ndarray, queries: np.ndarray) -> dict:
     rotate = iter(range(10**9))
     single = timed(lambda: index.search(queries[next(rotate) % len(queries)][None], K))
     batch = timed(lambda: index.search(queries[:BATCH], K))
-    # numpy baseline: one BLAS product + argpartition (what a script without FAISS does)
-    def numpy_search(q: np.ndarray) -> np.ndarray:
-        sims = q @ x.T  # (n_queries, n)
-        top = np.argpartition(-sims, K - 1, axis=1)[:, :K]
-        return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, 1), 1), 1)
-
-    numpy_single = timed(lambda: numpy_search(queries[:1]))
-    numpy_batch = timed(lambda: numpy_search(queries[:BATCH]))
     # memory-bandwidth reference: one pass over the matrix, same data, same run
     dot = timed(lambda: x @ queries[0], min_repeats=5)
     matrix_bytes = x.nbytes
@@ -111,9 +148,6 @@ def bench_exact(x: np.ndarray, queries: np.ndarray) -> dict:
         "matrix_read_ms": dot,
         "matrix_read_gb_per_s": matrix_bytes / (dot["best_ms"] / 1e3) / 1e9,
         "single_query_vs_bandwidth_limit": single["best_ms"] / dot["best_ms"],
-        "numpy_brute": {"single_query": numpy_single,
-                        "batch_64": {**numpy_batch,
-                                     "per_query_ms": numpy_batch["median_ms"] / BATCH}},
     }
     return out, index
 
@@ -154,7 +188,8 @@ def bench_hnsw(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, m: int,
 
 
 def run(sizes: list[int], hnsw_max: int, hnsw_random_max: int, sklearn_max: int, m: int,
-        ef_construction: int, ef_searches: list[int], n_queries: int, seed: int) -> dict:
+        ef_construction: int, ef_searches: list[int], n_queries: int, seed: int,
+        threads: int, compare_threads: list[int]) -> dict:
     rng = np.random.default_rng(seed)
     results = []
     for n in sizes:
@@ -169,8 +204,16 @@ def run(sizes: list[int], hnsw_max: int, hnsw_random_max: int, sklearn_max: int,
             row = {"n": n, "dim": DIM, "variant": variant}
             row["faiss_flat"], exact = bench_exact(x, queries)
             _, truth = exact.search(queries, K)
+            nn = None
             if variant == "random" and n <= sklearn_max:
                 row["sklearn_brute"] = bench_sklearn(x, queries)
+                nn = NearestNeighbors(n_neighbors=K, metric="cosine", algorithm="brute").fit(x)
+            if variant == "random":
+                row["exact_by_threads"] = compare_exact(x, queries, exact, nn, compare_threads)
+                faiss.omp_set_num_threads(threads)
+                first = row["exact_by_threads"][str(compare_threads[0])]
+                row["numpy_exact"] = {name: case["numpy"] for name, case in first.items()}
+                row["numpy_exact"]["threads"] = compare_threads[0]
             if n <= (hnsw_max if variant == "clustered" else min(hnsw_max, hnsw_random_max)):
                 row["faiss_hnsw"] = bench_hnsw(x, queries, truth, m, ef_construction,
                                                ef_searches)
@@ -180,10 +223,11 @@ def run(sizes: list[int], hnsw_max: int, hnsw_random_max: int, sklearn_max: int,
             hnsw = row.get("faiss_hnsw", {}).get("ef_search", {})
             print(f"n={n:>7} {variant:9} flat 1q {flat['single_query']['median_ms']:7.2f} ms "
                   f"(x{flat['single_query_vs_bandwidth_limit']:.2f} of matrix read), "
-                  f"64q {flat['batch_64']['median_ms']:7.2f} ms "
-                  f"(numpy {flat['numpy_brute']['batch_64']['median_ms']:7.2f} ms)"
-                  + (f" | sklearn 1q {row['sklearn_brute']['single_query']['median_ms']:7.2f} ms"
-                     if "sklearn_brute" in row else "")
+                  f"64q {flat['batch_64']['median_ms']:7.2f} ms"
+                  + "".join(f" | {t} thr {case}: " + ", ".join(
+                      f"{meth} {v['median_ms']:.2f}" for meth, v in timing.items())
+                      for t, cases in row.get("exact_by_threads", {}).items()
+                      for case, timing in cases.items())
                   + "".join(f" | hnsw ef{ef} 1q {v['single_query']['median_ms']:.3f} ms "
                             f"R@5 {v['recall_at_5']:.3f}" for ef, v in hnsw.items())
                   + f"  [{row['wall_s']:.0f} s]", flush=True)
@@ -208,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="FAISS (OpenMP) and BLAS threads. 1 by default: on a shared "
                         "machine spinning OpenMP threads make multi-threaded timings erratic")
+    parser.add_argument("--compare-threads", type=int, nargs="+", default=[1, 2],
+                        help="thread counts of the numpy / FAISS flat / sklearn comparison")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -216,13 +262,16 @@ def main(argv: list[str] | None = None) -> int:
     faiss.omp_set_num_threads(args.threads)
     with threadpool_limits(limits=args.threads):
         report = run(args.sizes, args.hnsw_max, args.hnsw_random_max, args.sklearn_max,
-                     args.m, args.ef_construction, args.ef_search, args.queries, args.seed)
+                     args.m, args.ef_construction, args.ef_search, args.queries, args.seed,
+                     args.threads, args.compare_threads)
     report.update({
         "benchmark": "index",
         "k": K,
         "batch": BATCH,
+        "batches": BATCHES,
         "machine": {  # the CPU, versions and settings are in `provenance`
             "threads": args.threads,
+            "threadpools": threadpool_info(),  # numpy's BLAS and its CPU detection
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
         },
@@ -232,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             "FAISS and BLAS limited to `threads` threads",
             "single_query_vs_bandwidth_limit = best exact single-query time / best time of "
             "one BLAS matrix-vector product over the same matrix (1.0 = bandwidth bound)",
+            "exact_by_threads: numpy (helpers.index.exact_top_k), FAISS IndexFlatIP and "
+            "sklearn brute force timed in alternation, same queries, per thread count; "
+            "numpy_exact repeats the first thread count's numpy timings",
             "HNSW recall on 'random' vectors is a worst case; 'clustered' is closer to real "
             "embeddings",
             "a load average above cpu_count means other processes shared the cores",

@@ -301,6 +301,16 @@ def _index(d: dict) -> list[Row]:
             _num(flat, unit=" ms"),
             f"sklearn brute: {_num(sk, unit=' ms')}" if sk is not None else "-",
             _ratio(sk, flat) if sk is not None else "-", data, m))
+        for case in ("single_query", "batch_100"):
+            nq = _get(r, "numpy_exact", case, "median_ms")
+            fq = _get(r, "exact_by_threads", str(_get(r, "numpy_exact", "threads", default=1)),
+                      case, "faiss_flat", "median_ms")
+            if nq is not None and fq is not None:
+                rows.append((
+                    "index", f"exact (numpy, used) {case.replace('_', ' ')}, n={_num(n, 6)} "
+                    f"{variant}, {_get(r, 'numpy_exact', 'threads', default='?')} thread(s)",
+                    _num(nq, unit=" ms"), f"FAISS flat: {_num(fq, unit=' ms')}",
+                    _ratio(fq, nq), data, m))
         if hnsw:
             rows.append((
                 "index", f"HNSW (M={_get(r, 'faiss_hnsw', 'm', default='?')}, ef={ef_pick}) "

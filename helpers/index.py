@@ -20,11 +20,14 @@ leaves either the old index or the new one, never files that disagree; the check
 written before generations existed (format 1: the three files next to ``meta.json``) still
 load, and are converted on their next save.
 
-Search is FAISS inner product on unit vectors, i.e. cosine similarity: exact
-(``IndexFlatIP``) up to `FLAT_MAX_TRACKS` tracks, HNSW (``IndexHNSWFlat`` with
-``METRIC_INNER_PRODUCT``) above, unless asked otherwise. Exact search reads the whole matrix
-per query, 2 KB per 512-d track: a few milliseconds at GTZAN's (1k) and SONICS' (tens of
-thousands) sizes, where HNSW only adds a graph to build and a recall below 1
+Search is the inner product of unit vectors, i.e. cosine similarity: exact up to
+`FLAT_MAX_TRACKS` tracks, HNSW (FAISS ``IndexHNSWFlat`` with ``METRIC_INNER_PRODUCT``) above,
+unless asked otherwise. Exact search is one numpy matrix product over ``vectors.npy`` itself
+(`exact_top_k`), no second copy of the matrix: FAISS ``IndexFlatIP``, whose bundled OpenBLAS
+may not know the CPU, was several times slower for query batches and no faster for one query
+at 10k-50k tracks (measured in the same run: benchmarks/results/index.json). It reads
+the whole matrix per query, 2 KB per 512-d track: a few milliseconds at GTZAN's (1k) and
+SONICS' (tens of thousands) sizes, where HNSW only adds a graph to build and a recall below 1
 (benchmarks/results/hnsw.json). An HNSW index picks its ``efSearch`` on its own catalog so
 that recall@5 reaches 0.95 (`CatalogIndex.tune_ef_search`) and stores it in ``meta.json``.
 
@@ -184,7 +187,7 @@ class CatalogIndex:
         self.ef_construction = int(ef_construction)
         self.ef_tuning = ef_tuning
         self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._faiss: faiss.Index | None = None
+        self._faiss: faiss.Index | None = None  # the HNSW graph; flat search needs none
 
     # -- basics --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -215,16 +218,23 @@ class CatalogIndex:
 
     @property
     def faiss_index(self) -> faiss.Index:
-        """The FAISS index, built from `vectors` on first use (HNSW: efSearch tuned then)."""
+        """The HNSW graph, built from `vectors` on first use (efSearch tuned then).
+
+        Raises
+        ------
+        ValueError
+            For a flat index: exact search is numpy over `vectors` (`exact_top_k`).
+        """
+        if self.index_type != "hnsw":
+            raise ValueError("a flat index has no FAISS index: exact search is numpy over "
+                             "CatalogIndex.vectors (helpers.index.exact_top_k)")
         if self._faiss is None:
             self._faiss = self._build_faiss(self.vectors)
-            if self.index_type == "hnsw" and self.ef_search is None:
+            if self.ef_search is None:
                 self.tune_ef_search()
         return self._faiss
 
     def _new_faiss(self) -> faiss.Index:
-        if self.index_type == "flat":
-            return faiss.IndexFlatIP(self.dim)
         index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.ef_construction
         index.hnsw.efSearch = self.ef_search or EF_SEARCH_LADDER[0]
@@ -283,7 +293,7 @@ class CatalogIndex:
                   "target": float(target), "n_queries": len(q), "n": len(self)}
         if len(self) > kk:
             needed = target + (1.0 - target) / 2  # the margin for easy probes, see above
-            truth = _exact_neighbours(q, self.vectors, kk)
+            _, truth = exact_top_k(q, self.vectors, kk)
             for ef in EF_SEARCH_LADDER:
                 graph.hnsw.efSearch = max(ef, kk)
                 _, found = graph.search(q, kk)  # (n_queries, kk)
@@ -371,11 +381,14 @@ class CatalogIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         drop = self._excluded_rows(len(q), exclude_track_ids, exclude_paths)
-        # asking FAISS for k + (rows dropped) always leaves k results
+        # asking for k + (rows dropped) always leaves k results
         k_search = min(len(self), k + max((len(d) for d in drop), default=0))
         if k_search == 0:
             return [pd.DataFrame(columns=list(RESULT_COLUMNS)) for _ in range(len(q))]
-        sims, idx = self.faiss_index.search(q, k_search)  # (n_queries, k_search) each
+        if self.index_type == "flat":
+            sims, idx = exact_top_k(q, self.vectors, k_search)  # (n_queries, k_search) each
+        else:
+            sims, idx = self.faiss_index.search(q, k_search)
         return [self._result_frame(idx[i], sims[i], drop[i], k) for i in range(len(q))]
 
     def _excluded_rows(
@@ -413,7 +426,7 @@ class CatalogIndex:
 
     def _result_frame(self, idx: np.ndarray, sims: np.ndarray, drop: set[int],
                       k: int) -> pd.DataFrame:
-        """One query's FAISS hits ``(k_search,)`` as a result table, excluded rows left out."""
+        """One query's hits ``(k_search,)`` as a result table, excluded rows left out."""
         keep = [(j, s) for j, s in zip(idx, sims) if j >= 0 and j not in drop][:k]
         rows = [int(j) for j, _ in keep]
         frame = self.catalog.iloc[rows][["track_id", "title", "artist", "genre", "path"]]
@@ -448,8 +461,7 @@ class CatalogIndex:
         self.catalog = pd.concat([self.catalog, rows], ignore_index=True)
         if self._faiss is not None:
             self._faiss.add(vectors)
-            if self.index_type == "hnsw":  # a bigger graph may need a larger efSearch
-                self.tune_ef_search()
+            self.tune_ef_search()  # a bigger graph may need a larger efSearch
         elif self.index_type == "hnsw":
             self.ef_search = None  # tuned when the graph is built
 
@@ -552,17 +564,60 @@ class CatalogIndex:
         return index
 
 
-def _exact_neighbours(q: np.ndarray, vectors: np.ndarray, k: int,
-                      block: int = 16) -> np.ndarray:
-    """Exact top-`k` rows ``(len(q), k)`` of `vectors` for each query (unit vectors).
+#: Similarities held at once by `exact_top_k` (128 MB of float32): a batch is cut into blocks
+#: of queries so that a catalog of millions never needs a (n_queries, n) matrix.
+EXACT_BLOCK_FLOATS = 1 << 25
 
-    Blocked so that memory stays at ``block * n`` floats for catalogs of millions.
+
+def exact_top_k(queries: np.ndarray, vectors: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-`k` inner products of each query with the rows of `vectors`.
+
+    One BLAS matrix product per block of queries, then ``argpartition`` and a sort of the
+    `k` best. Equal similarities are ordered by row number, also at the cut: of rows tied
+    with the k-th best, the first rows are kept, so the answer never depends on the
+    partition's internal order.
+
+    Parameters
+    ----------
+    queries : np.ndarray, shape (n_queries, dim)
+        float32; unit rows give cosine similarities.
+    vectors : np.ndarray, shape (n, dim)
+        float32, C-contiguous (``vectors.T`` is then read in place, not copied).
+    k : int
+        Results per query; more than `n` gives `n`.
+
+    Returns
+    -------
+    sims : np.ndarray, shape (n_queries, min(k, n)), float32
+        Descending along each row.
+    rows : np.ndarray, shape (n_queries, min(k, n)), int64
+        Row numbers of `vectors`.
     """
-    out = np.empty((len(q), k), dtype=np.int64)
-    for start in range(0, len(q), block):
-        sims = q[start:start + block] @ vectors.T  # (block, n)
-        out[start:start + block] = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    return out
+    n = len(vectors)
+    k = min(int(k), n)
+    sims_out = np.empty((len(queries), k), dtype=np.float32)
+    rows_out = np.empty((len(queries), k), dtype=np.int64)
+    if k <= 0:
+        return sims_out, rows_out
+    block = max(1, EXACT_BLOCK_FLOATS // n)
+    for start in range(0, len(queries), block):
+        sims = queries[start:start + block] @ vectors.T  # (block, n)
+        if k < n:
+            top = np.argpartition(sims, n - k, axis=1)[:, n - k:]  # (block, k), unordered
+        else:
+            top = np.tile(np.arange(n), (len(sims), 1))
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        kth = top_sims.min(axis=1, keepdims=True)  # (block, 1)
+        # rows tied with the k-th best beyond k: the partition kept arbitrary ones of them
+        for i in np.flatnonzero((sims >= kth).sum(axis=1) > k):
+            candidates = np.flatnonzero(sims[i] >= kth[i])  # ascending row numbers
+            top[i] = candidates[np.argsort(-sims[i, candidates], kind="stable")[:k]]
+            top_sims[i] = sims[i, top[i]]
+        order = np.lexsort((top, -top_sims), axis=-1)  # similarity down, then row up
+        sims_out[start:start + block] = np.take_along_axis(top_sims, order, axis=1)
+        rows_out[start:start + block] = np.take_along_axis(top, order, axis=1)
+    return sims_out, rows_out
 
 
 def _probe_queries(vectors: np.ndarray, n_queries: int, seed: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from helpers.audio import AudioError
 from helpers.embed import Embedder, l2_normalise
-from helpers.index import CatalogIndex, build_index, index_files, recommend
+from helpers.index import CatalogIndex, build_index, exact_top_k, index_files, recommend
 
 DIM = 16
 
@@ -78,6 +78,70 @@ def test_exact_search_equals_sklearn_brute_force_cosine():
         assert list(res["track_id"]) == list(index.catalog["track_id"].iloc[i])
         np.testing.assert_allclose(res["similarity"], 1 - d, atol=1e-5)
         assert list(res["rank"]) == list(range(1, 8))
+
+
+def brute_force(queries, vectors, k):
+    """The reference: full sort of every similarity, ties by row (lexsort), first k."""
+    sims = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    rows = np.array([np.lexsort((np.arange(len(s)), -s))[:k] for s in sims])
+    return np.take_along_axis(sims, rows, axis=1), rows
+
+
+@pytest.mark.parametrize(("n", "k"), [(300, 7), (300, 1), (40, 40), (40, 41), (1, 5), (1, 1)])
+def test_exact_top_k_equals_a_full_sort(n, k):
+    rng = np.random.default_rng(n + k)
+    vectors = l2_normalise(rng.normal(size=(n, DIM)))
+    queries = l2_normalise(rng.normal(size=(9, DIM)))
+    sims, rows = exact_top_k(queries, vectors, k)
+    want_sims, want_rows = brute_force(queries, vectors, min(k, n))
+    assert rows.shape == sims.shape == (9, min(k, n))
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_allclose(sims, want_sims, atol=1e-6)
+
+
+def test_exact_top_k_breaks_ties_by_row_order_even_at_the_cut():
+    # 30 rows, only 3 distinct directions: every similarity is tied many times over
+    rng = np.random.default_rng(3)
+    base = l2_normalise(rng.normal(size=(3, DIM)))
+    vectors = base[rng.integers(0, 3, 30)]
+    queries = l2_normalise(rng.normal(size=(6, DIM)))
+    for k in (1, 4, 11, 30):
+        sims, rows = exact_top_k(queries, vectors, k)
+        want_sims, want_rows = brute_force(queries, vectors, k)
+        np.testing.assert_array_equal(rows, want_rows)
+        np.testing.assert_allclose(sims, want_sims, atol=1e-6)
+
+
+def test_exact_top_k_cuts_big_batches_into_blocks(monkeypatch):
+    rng = np.random.default_rng(4)
+    vectors = l2_normalise(rng.normal(size=(50, DIM)))
+    queries = l2_normalise(rng.normal(size=(23, DIM)))
+    whole = exact_top_k(queries, vectors, 5)
+    monkeypatch.setattr("helpers.index.EXACT_BLOCK_FLOATS", 50 * 4)  # blocks of 4 queries
+    blocked = exact_top_k(queries, vectors, 5)
+    np.testing.assert_array_equal(blocked[1], whole[1])
+    np.testing.assert_array_equal(blocked[1], brute_force(queries, vectors, 5)[1])
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 3), (12, 12), (12, 20)])
+def test_flat_search_on_tiny_catalogs_returns_every_row_in_order(n, k):
+    index = random_index(n=n)
+    q = np.random.default_rng(2).normal(size=(3, DIM))
+    results = index.search(q, k=k)
+    _, want = brute_force(l2_normalise(q), index.vectors, min(k, n))
+    for res, rows in zip(results, want):
+        assert list(res["track_id"]) == list(index.catalog["track_id"].iloc[rows])
+        assert list(res["rank"]) == list(range(1, min(k, n) + 1))
+    alone = index.search(index.vectors[:1], k=k, exclude_track_ids=["t000"])[0]
+    assert len(alone) == min(k, n - 1) and "t000" not in set(alone["track_id"])
+
+
+def test_flat_index_keeps_no_second_copy_of_the_matrix():
+    index = random_index()
+    index.search(index.vectors[:2], k=3)
+    assert index._faiss is None
+    with pytest.raises(ValueError, match="flat index has no FAISS index"):
+        _ = index.faiss_index
 
 
 def test_query_from_the_catalog_never_returns_itself():
@@ -235,9 +299,11 @@ def test_re_running_with_a_bigger_manifest_embeds_only_new_tracks(tmp_path):
     assert nothing_new.calls == 0
 
 
-def test_add_appends_searchable_tracks():
-    index = random_index(n=20)
-    _ = index.faiss_index  # built before the add: the add must update it too
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_add_appends_searchable_tracks(index_type):
+    index = random_index(n=20, index_type=index_type)
+    index.search(index.vectors[:1], k=1)  # HNSW: the graph exists before the add, which
+    # must update it too
     new = l2_normalise(np.random.default_rng(5).normal(size=(2, DIM)))
     rows = manifest(22).iloc[20:]
     index.add(new, rows)
