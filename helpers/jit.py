@@ -234,11 +234,19 @@ def prepare() -> None:
 
     Two processes preparing at once (two notebooks, two CLI jobs) take turns on a file lock,
     so the compile itself can never race. Call it before work that uses librosa's kernels
-    from several processes; `process_pool` does.
+    from several processes; `process_pool` does. Once per process: after it, this process
+    holds every kernel compiled in memory (the demo would otherwise repeat it at each stage).
     """
+    global _prepared
+    if _prepared:
+        return
     with file_lock(_verified_file().with_name("numba.lock"), "another process compiling"):
         ensure_healthy_cache()
         warm_up()
+    _prepared = True
+
+
+_prepared = False  # set by `prepare` in this process (and inherited by forked workers)
 
 
 def _one_blas_thread() -> None:
