@@ -106,6 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["batch_size"] = args.batch_size
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.crop_seconds is not None:
+        overrides["crop_seconds"] = args.crop_seconds
+    if args.crops_per_clip is not None:
+        overrides["crops_per_clip"] = args.crops_per_clip
     # On --resume without flags, keep the run's own settings (train refuses changed ones).
     config = None if args.resume and not overrides else TrainConfig(**overrides)
     run = train(args.manifest, args.out, preset=args.preset, train_config=config,
@@ -282,6 +286,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--crop-seconds", type=float, default=None, metavar="S",
+                   help="train on random S-second windows of each clip and score a clip as "
+                        "the mean of its windows (default 10; 0 = whole clips)")
+    p.add_argument("--crops-per-clip", type=int, default=None, metavar="N",
+                   help="random windows per clip per epoch (default 3)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
     _add_frontend_args(p)

@@ -12,6 +12,7 @@ and the square-patch `ViTPatchBaseline` built from the same transformer blocks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _NORM_EPS = 1e-6  # per-clip std floor: a constant clip normalises to zeros, not NaN
+_SILENT_DB = 1e-3  # a window whose dB range is below this holds no audio (padding, silence)
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,10 @@ class ModelConfig:
     n_mels : int
         Mel bins of the input, ``FrontEndConfig.n_mels`` (128).
     n_frames : int
-        Frames of the input, ``FrontEndConfig.n_frames`` (938 for 30 s, 313 for 10 s). The
-        spectral tokeniser mixes all frames, so the network is built for one clip length.
+        Frames of the model's window (938 for 30 s, 313 for 10 s). The spectral tokeniser
+        mixes all frames, so the network is built for one window length; a longer clip is
+        scored window by window (see `SpecTTTra.forward`). Training sets it from
+        ``TrainConfig.crop_seconds``.
     t_clip : int
         Frames per temporal token (one token = ``n_mels x t_clip`` values). When `n_frames` is
         not a multiple of `t_clip`, the normalised spectrogram is padded at the end with zeros
@@ -254,12 +258,43 @@ class _Classifier(nn.Module):
         if x.dim() == 4 and x.shape[1] == 1:  # (batch, 1, n_mels, frames) image layout
             x = x[:, 0]
         c = self.config
-        if x.dim() != 3 or x.shape[1:] != (c.n_mels, c.n_frames):
+        if x.dim() != 3 or x.shape[1] != c.n_mels or x.shape[2] < c.n_frames:
             raise ValueError(
-                f"expected a dB mel batch of shape (batch, {c.n_mels}, {c.n_frames}), got "
-                f"{tuple(x.shape)}; the model is built for one clip length (ModelConfig.n_frames)"
+                f"expected a dB mel batch of shape (batch, {c.n_mels}, frames) with frames >= "
+                f"{c.n_frames} (the window the model is built for, ModelConfig.n_frames), got "
+                f"{tuple(x.shape)}"
             )
         return x.float()
+
+    def _embed_window(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, n_mels, n_frames)`` dB mels → ``(batch, dim)`` pooled embeddings."""
+        x = normalize_per_clip(x)  # (batch, n_mels, n_frames)
+        tokens = self.drop(self.tokens(x))  # (batch, n_tokens, dim)
+        for block in self.blocks:
+            tokens = block(tokens)  # (batch, n_tokens, dim)
+        return self.norm(tokens).mean(dim=1)  # (batch, dim)
+
+    def _per_window(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> torch.Tensor:
+        """`fn` on every window of a clip longer than the model's window, weighted mean.
+
+        A clip of exactly ``n_frames`` frames is one window. A longer one is cut into windows
+        of ``n_frames`` with half-window hops, the last flush with the clip's end, so every
+        frame is seen; windows with no dynamics at all (the front end's zero padding after a
+        short file, digital silence) get weight 0 unless the whole clip is such.
+        """
+        x = self._check_input(x)  # (batch, n_mels, frames)
+        starts = window_starts(x.shape[-1], self.config.n_frames)
+        if len(starts) == 1:
+            return fn(x)
+        win = torch.stack([x[..., s: s + self.config.n_frames] for s in starts], 1)
+        batch, n_win = win.shape[:2]  # win: (batch, n_win, n_mels, n_frames)
+        out = fn(win.flatten(0, 1))  # (batch * n_win, ...)
+        out = out.reshape(batch, n_win, *out.shape[1:])  # (batch, n_win, ...)
+        live = (win.amax(dim=(2, 3)) - win.amin(dim=(2, 3)) > _SILENT_DB).float()
+        live = torch.where(live.sum(1, keepdim=True) > 0, live, torch.ones_like(live))
+        w = (live / live.sum(1, keepdim=True)).view(batch, n_win, *[1] * (out.dim() - 2))
+        return (out * w).sum(1)  # (batch, ...)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled clip embedding.
@@ -267,18 +302,15 @@ class _Classifier(nn.Module):
         Parameters
         ----------
         x : torch.Tensor, shape (batch, n_mels, frames)
-            dB mel spectrograms (any level: each clip is normalised first).
+            dB mel spectrograms (any level: each window is normalised first), at least
+            ``n_frames`` long; a longer clip is cut into windows (see `forward`).
 
         Returns
         -------
         torch.Tensor, shape (batch, dim)
-            Mean over tokens of the final LayerNorm output.
+            Mean over tokens of the final LayerNorm output (then over windows).
         """
-        x = normalize_per_clip(self._check_input(x))  # (batch, n_mels, frames)
-        tokens = self.drop(self.tokens(x))  # (batch, n_tokens, dim)
-        for block in self.blocks:
-            tokens = block(tokens)  # (batch, n_tokens, dim)
-        return self.norm(tokens).mean(dim=1)  # (batch, dim)
+        return self._per_window(x, self._embed_window)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logit of P(AI) for each clip.
@@ -286,13 +318,17 @@ class _Classifier(nn.Module):
         Parameters
         ----------
         x : torch.Tensor, shape (batch, n_mels, frames)
+            At least ``ModelConfig.n_frames`` frames. A longer clip is scored as the mean
+            logit of its windows (``n_frames`` long, half-window hops, silent windows left
+            out): a model trained on random crops reads a whole 30 s clip this way.
 
         Returns
         -------
         torch.Tensor, shape (batch,)
             ``sigmoid(logit)`` is the (uncalibrated) probability that the clip is AI-generated.
         """
-        return self.head(self.embed(x)).squeeze(-1)  # (batch,)
+        return self._per_window(
+            x, lambda w: self.head(self._embed_window(w)).squeeze(-1))  # (batch,)
 
     def count_parameters(self, trainable_only: bool = True) -> int:
         """Number of (trainable) parameters."""
@@ -384,6 +420,21 @@ class ViTPatchBaseline(_Classifier):
         x = _fit(x, self.n_rows * p, self.n_cols * p)  # (batch, rows * p, cols * p)
         x = self.patch_embed(x.unsqueeze(1))  # (batch, dim, rows, cols)
         return x.flatten(2).transpose(1, 2) + self.pos  # (batch, rows * cols, dim)
+
+
+def window_starts(n_frames: int, window: int) -> list[int]:
+    """First frame of each window: half-window hops, the last flush with the end.
+
+    Examples
+    --------
+    >>> window_starts(938, 313)
+    [0, 156, 312, 468, 625]
+    """
+    if n_frames <= window:
+        return [0]
+    hop = max(1, window // 2)
+    starts = list(range(0, n_frames - window + 1, hop))
+    return starts if starts[-1] == n_frames - window else [*starts, n_frames - window]
 
 
 def _fit(x: torch.Tensor, n_mels: int, n_frames: int) -> torch.Tensor:

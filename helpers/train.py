@@ -117,6 +117,16 @@ class TrainConfig:
         gain would be a no-op: the model normalises every clip to zero mean and unit variance,
         and the front end clips to ``top_db`` below each clip's own maximum, so a constant dB
         offset cancels exactly. 0 turns it off.
+    crop_seconds : float
+        Train on random windows of this many seconds of each clip; 0 (or at least the front
+        end's ``duration``) trains on whole clips. The model is built for this window, and
+        validation, calibration, `evaluate` and the CLI score a longer clip as the mean logit
+        of its half-overlapping windows (`helpers.model.window_starts`). With little data
+        this is what helps most: a 30 s clip holds several distinct 10 s windows, and a fresh
+        draw each epoch keeps the model from memorising one fixed clip per track.
+    crops_per_clip : int
+        Random windows drawn from every training clip per epoch (each epoch then has
+        ``crops_per_clip`` times as many steps). 1 when the whole clip is the window.
     patience : int
         Stop after this many epochs without a better validation epoch; 0 disables. An epoch
         is better with a higher validation ROC-AUC, or an equal one (within 1e-6) and a lower
@@ -168,6 +178,8 @@ class TrainConfig:
     n_freq_masks: int = 2
     time_roll: bool = True
     random_gain_db: float = 3.0
+    crop_seconds: float = 10.0
+    crops_per_clip: int = 3
     patience: int = 10
     val_fraction: float = 0.15
     class_balance: str = "pos_weight"
@@ -188,6 +200,19 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.crop_seconds < 0 or self.crops_per_clip < 1:
+            raise ValueError(f"crop_seconds must be >= 0 and crops_per_clip >= 1, got "
+                             f"{self.crop_seconds} and {self.crops_per_clip}")
+
+    def window_frames(self, frontend: FrontEndConfig) -> int:
+        """Frames of the training window on `frontend` (its whole clip without cropping)."""
+        if self.crop_seconds <= 0 or self.crop_seconds >= frontend.duration:
+            return frontend.n_frames
+        return 1 + int(round(self.crop_seconds * frontend.sample_rate)) // frontend.hop_length
+
+    def draws_per_clip(self, frontend: FrontEndConfig) -> int:
+        """Training draws of each clip per epoch."""
+        return self.crops_per_clip if self.window_frames(frontend) < frontend.n_frames else 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,6 +223,8 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown train settings {sorted(unknown)}")
+        # Runs saved before random crops existed trained on whole clips: keep them as they were.
+        data = {"crop_seconds": 0.0, "crops_per_clip": 1, **data}
         return cls(**data)
 
 
@@ -338,6 +365,29 @@ def mixup(
     return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]
 
 
+def random_crop(x: torch.Tensor, frames: int, generator: torch.Generator) -> torch.Tensor:
+    """One random window of `frames` frames from every clip of a batch.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (batch, n_mels, clip_frames)
+    frames : int
+        Window length; a batch no longer than this comes back unchanged.
+    generator : torch.Generator
+        Draws each clip's start, uniformly over all positions.
+
+    Returns
+    -------
+    torch.Tensor, shape (batch, n_mels, frames)
+    """
+    batch, n_mels, n_frames = x.shape
+    if n_frames <= frames:
+        return x
+    start = torch.randint(0, n_frames - frames + 1, (batch, 1, 1), generator=generator)
+    idx = start + torch.arange(frames).view(1, 1, frames)  # (batch, 1, frames)
+    return torch.gather(x, 2, idx.expand(batch, n_mels, frames))  # (batch, n_mels, frames)
+
+
 def prepare_batch(
     x: torch.Tensor, y: torch.Tensor, config: TrainConfig, generator: torch.Generator,
     mixup_rng: np.random.Generator,
@@ -369,7 +419,7 @@ def prepare_batch(
 
 def make_train_loader(
     dataset: torch.utils.data.Dataset, labels: np.ndarray, config: TrainConfig,
-    generator: torch.Generator, pin_memory: bool = False,
+    generator: torch.Generator, pin_memory: bool = False, draws_per_clip: int = 1,
 ) -> torch.utils.data.DataLoader:
     """Shuffled training batches; class-balanced draws when ``class_balance="sampler"``.
 
@@ -382,27 +432,31 @@ def make_train_loader(
     generator : torch.Generator
         The data-order generator (saved in checkpoints).
     pin_memory : bool
+    draws_per_clip : int
+        Draws of each clip per epoch (`TrainConfig.draws_per_clip`: one random window each).
 
     Returns
     -------
     torch.utils.data.DataLoader
-        ``len(dataset)`` draws per epoch. With the sampler each draw is AI with probability
-        1/2, with replacement; otherwise every clip once. The last partial batch is dropped
-        when there is more than one batch.
+        ``len(dataset) * draws_per_clip`` draws per epoch. With the sampler each draw is AI
+        with probability 1/2, with replacement; otherwise every clip `draws_per_clip` times.
+        The last partial batch is dropped when there is more than one batch.
     """
+    draws = len(labels) * draws_per_clip
     if config.class_balance == "sampler":
         n_ai = int((labels > 0.5).sum())
         weights = np.where(labels > 0.5, 0.5 / n_ai, 0.5 / (len(labels) - n_ai))
-        sampler = torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
+        sampler: torch.utils.data.Sampler = torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), num_samples=draws,
             replacement=True, generator=generator)
-        order: dict[str, Any] = {"sampler": sampler}
-    else:
-        order = {"shuffle": True, "generator": generator}
+    else:  # without replacement: each clip `draws_per_clip` times, in shuffled passes
+        sampler = torch.utils.data.RandomSampler(dataset, num_samples=draws,
+                                                 generator=generator)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, drop_last=len(dataset) > config.batch_size,
+        dataset, batch_size=config.batch_size, drop_last=draws > config.batch_size,
+        sampler=sampler,
         num_workers=config.num_workers, pin_memory=pin_memory,
-        persistent_workers=config.num_workers > 0, **order)
+        persistent_workers=config.num_workers > 0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -701,7 +755,7 @@ def _prepare(
             saved = cache_dir / "frontend.json"
             frontend = (FrontEndConfig.from_dict(read_json(saved)) if saved.exists()
                         else FrontEndConfig())
-        model_config = model_config_for(preset, frontend.n_mels, frontend.n_frames)
+        model_config = model_config_for(preset, frontend.n_mels, config.window_frames(frontend))
         preset_name = preset if isinstance(preset, str) else "custom"
 
     frame = load_manifest(manifest)
@@ -804,7 +858,8 @@ def _build(prep: _Prepared, checkpoint: dict[str, Any] | None) -> _Trainer:
     mixup_rng = np.random.default_rng(cfg.seed + 3)
     labels = prep.train_ds.labels
     train_loader = make_train_loader(prep.train_ds, labels, cfg, generators["data"],
-                                     pin_memory=device.type == "cuda")
+                                     pin_memory=device.type == "cuda",
+                                     draws_per_clip=cfg.draws_per_clip(prep.frontend))
     val_loader = torch.utils.data.DataLoader(
         prep.val_ds, batch_size=max(cfg.batch_size, 64), shuffle=False,
         num_workers=cfg.num_workers)
@@ -872,7 +927,9 @@ def _train_epoch(t: _Trainer, cfg: TrainConfig, epoch: int, progress: bool) -> t
     total_loss, seen, t0 = 0.0, 0, time.perf_counter()
     bar = tqdm(t.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
                leave=False, dynamic_ncols=True)
+    window = t.model.config.n_frames
     for x, y in bar:
+        x = random_crop(x, window, t.generators["augment"])  # (batch, n_mels, window)
         x, target = prepare_batch(x, y, cfg, t.generators["augment"], t.mixup_rng)
         x, target = x.to(t.device, non_blocking=True), target.to(t.device, non_blocking=True)
         with _autocast(t.device, cfg.amp):

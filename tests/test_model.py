@@ -15,6 +15,7 @@ from helpers.model import (
     build_model,
     model_config_for,
     normalize_per_clip,
+    window_starts,
 )
 
 TINY_10S = model_config_for("tiny", n_mels=128, n_frames=313)
@@ -58,8 +59,41 @@ def test_frames_not_divisible_by_t_clip_are_padded_or_cropped(policy, expected):
 
 def test_wrong_input_length_is_a_clear_error():
     model = SpecTTTra(TINY_10S)
-    with pytest.raises(ValueError, match=r"\(batch, 128, 313\)"):
+    with pytest.raises(ValueError, match=r"frames >= 313"):
         model(torch.zeros(1, 128, 300))
+    with pytest.raises(ValueError, match=r"\(batch, 128, frames\)"):
+        model(torch.zeros(1, 64, 400))
+
+
+def test_window_starts_cover_every_frame_with_half_hops():
+    assert window_starts(313, 313) == [0]
+    assert window_starts(200, 313) == [0]
+    starts = window_starts(938, 313)
+    assert starts[0] == 0 and starts[-1] == 938 - 313
+    assert all(0 < b - a <= 156 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_a_long_clip_is_the_mean_logit_of_its_windows():
+    model = SpecTTTra(TINY_10S).eval()
+    x = _mel(2, TINY_10S.__class__(**{**TINY_10S.to_dict(), "n_frames": 700}))
+    with torch.no_grad():
+        per_window = torch.stack([model(x[..., s: s + 313]) for s in window_starts(700, 313)], 1)
+        torch.testing.assert_close(model(x), per_window.mean(1))
+        emb = torch.stack([model.embed(x[..., s: s + 313]) for s in window_starts(700, 313)], 1)
+        torch.testing.assert_close(model.embed(x), emb.mean(1))
+
+
+def test_silent_windows_do_not_vote():
+    model = SpecTTTra(TINY_10S).eval()
+    x = torch.full((1, 128, 626), -80.0)  # a short file: audio, then the front end's padding
+    x[..., :313] = _mel(1, TINY_10S)
+    starts = window_starts(626, 313)
+    assert starts == [0, 156, 312, 313]  # the last window is all padding
+    with torch.no_grad():
+        live = torch.stack([model(x[..., s: s + 313]) for s in starts[:3]], 1).mean(1)
+        torch.testing.assert_close(model(x), live)
+        silent = torch.full((1, 128, 626), -80.0)  # all padding: every window counts equally
+        assert torch.isfinite(model(silent)).all()
 
 
 def test_per_clip_normalisation_makes_output_invariant_to_a_db_offset():

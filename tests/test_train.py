@@ -33,6 +33,7 @@ from helpers.train import (
     carve_val_split,
     make_train_loader,
     prepare_batch,
+    random_crop,
     train,
 )
 
@@ -419,3 +420,52 @@ def test_vit_baseline_trains_into_a_loadable_run(corpus, cache_dir, tmp_path):
     assert info["n_tokens"] == model.config.n_patch_tokens
     history = pd.read_csv(out / "history.csv")
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+
+
+def test_random_crop_draws_contiguous_windows_from_every_position():
+    x = torch.arange(40.0).view(1, 1, 40).expand(256, 3, 40)  # frame index as the value
+    crops = random_crop(x, 10, torch.Generator().manual_seed(0))
+    assert crops.shape == (256, 3, 10)
+    starts = crops[:, 0, 0]
+    assert torch.equal(crops, starts.view(-1, 1, 1) + torch.arange(10.0).view(1, 1, 10)
+                       .expand(256, 3, 10))  # contiguous, same window for every mel bin
+    assert set(starts.tolist()) == set(range(31))  # every start, first and last too
+    again = random_crop(x, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(crops, again)
+    assert random_crop(x, 40, torch.Generator()) is x  # no longer than the window: unchanged
+
+
+def test_crop_settings_size_the_model_and_the_epoch():
+    frontend = FrontEndConfig(duration=30.0)
+    cfg = TrainConfig(crop_seconds=10.0, crops_per_clip=3)
+    assert cfg.window_frames(frontend) == FrontEndConfig(duration=10.0).n_frames == 313
+    assert cfg.draws_per_clip(frontend) == 3
+    whole = TrainConfig(crop_seconds=0.0, crops_per_clip=3)
+    assert whole.window_frames(frontend) == 938 and whole.draws_per_clip(frontend) == 1
+    assert TrainConfig(crop_seconds=30.0).window_frames(frontend) == 938
+    # A run saved before crops existed trained on whole clips and loads as such.
+    legacy = {k: v for k, v in TrainConfig().to_dict().items()
+              if k not in ("crop_seconds", "crops_per_clip")}
+    assert TrainConfig.from_dict(legacy).window_frames(frontend) == 938
+    labels = np.array([0.0, 1.0] * 5, np.float32)
+    loader = make_train_loader(torch.utils.data.TensorDataset(torch.arange(10)), labels,
+                               TrainConfig(batch_size=5), torch.Generator().manual_seed(0),
+                               draws_per_clip=3)
+    drawn = torch.cat([b[0] for b in loader]).numpy()
+    assert sorted(drawn.tolist()) == sorted(list(range(10)) * 3)  # each clip 3 times
+
+
+def test_cropped_training_builds_a_window_model_that_reads_whole_clips(corpus, cache_dir,
+                                                                      tmp_path):
+    cfg = replace(FAST, crop_seconds=1.0, crops_per_clip=2)
+    out = train(corpus, tmp_path / "crop", train_config=cfg, cache_dir=cache_dir,
+                frontend=FRONTEND, progress=False)
+    model, info = load_run(out)
+    assert model.config.n_frames == cfg.window_frames(FRONTEND) < FRONTEND.n_frames
+    history = pd.read_csv(out / "history.csv")
+    seen = (history["clips_per_second"] * history["seconds"]).to_numpy()
+    expected = info["n_clips"]["train"] * 2 // cfg.batch_size * cfg.batch_size  # 2 draws/clip
+    np.testing.assert_allclose(seen, expected, rtol=0.02)
+    result = evaluate(out, corpus, split="test", out_dir=tmp_path / "eval", progress=False)
+    assert result["n"] == (corpus["split"] == "test").sum()
+    assert 0.0 <= result["roc_auc"] <= 1.0
