@@ -53,6 +53,8 @@ from helpers.io import write_csv  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parent / "_work" / "real_audio"
 DEFAULT_PACKAGES = ("xmoto-data", "extremetuxracer-data", "lincity-ng-data")
 WIDELANDS = "widelands-data"
+#: Audio the soundtrack packages ship (warzone2100-music is Ogg/Opus).
+AUDIO_SUFFIXES = (".ogg", ".opus")
 
 #: Split of each known package (see the module docstring for why it is per package).
 PACKAGE_SPLITS = {
@@ -123,7 +125,7 @@ def _split_of(package: str) -> str:
 def fetch_real_audio(
     out_dir: str | Path = DEFAULT_OUT, packages: Sequence[str] = DEFAULT_PACKAGES
 ) -> Path:
-    """Download, unpack and list the Ogg tracks of Debian game-soundtrack packages.
+    """Download, unpack and list the Ogg/Opus tracks of Debian game-soundtrack packages.
 
     Idempotent: downloaded ``.deb`` files and finished unpacks are reused.
 
@@ -153,9 +155,10 @@ def fetch_real_audio(
         deb = _download(package, debs)
         tree = out_dir / "unpacked" / package
         _unpack(deb, tree)
-        tracks = sorted((tree / "usr").rglob("*.ogg"))
+        tracks = sorted(p for p in (tree / "usr").rglob("*") if p.suffix in AUDIO_SUFFIXES)
         if not tracks:
-            raise FetchError(f"{package}: no .ogg files in {deb.name}; is it a music package?")
+            raise FetchError(f"{package}: no Ogg/Opus files in {deb.name}; is it a music "
+                             "package?")
         copyright_src = tree / "usr" / "share" / "doc" / package / "copyright"
         if copyright_src.exists():  # the licence travels with the audio it covers
             for folder in {t.parent for t in tracks}:

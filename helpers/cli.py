@@ -21,16 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 from helpers.config import FrontEndConfig
 
-EPILOG = "Data flows: download/synth -> preprocess -> train -> evaluate; index -> recommend."
+EPILOG = ("Data flows: download/synth (or twins of your own music) -> preprocess -> train -> "
+          "evaluate; index -> recommend.")
 
 #: Commands that run librosa's numba kernels in this process: numba's on-disk cache is checked
 #: (and repaired) and the kernels compiled under a lock first, see `helpers.jit`.
-_USES_KERNELS = ("index", "recommend", "demo")
+_USES_KERNELS = ("index", "recommend", "demo", "twins")
 
 
 def _add_frontend_args(p: argparse.ArgumentParser) -> None:
@@ -378,6 +380,46 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_recommend)
 
 
+def cmd_twins(args: argparse.Namespace) -> int:
+    from helpers.twins import TwinConfig, make_twins
+
+    config = TwinConfig(families=tuple(args.family), design=args.design,
+                        excerpt_seconds=args.seconds, seed=args.seed)
+    path = make_twins(args.manifest, args.out, config, autoencoder=args.autoencoder,
+                      n_jobs=args.jobs or os.cpu_count() or 1)
+    print(f"manifest written: {path}\n"
+          "These AI files are proxies made by this project, not the output of a music "
+          "generator: a detector trained on them learns these families' traces only.")
+    return 0
+
+
+def _add_twins(sub: argparse._SubParsersAction) -> None:
+    from helpers.twins import DESIGNS, FAMILIES
+
+    p = sub.add_parser(
+        "twins", help="make AI twins of your own human music (a corpus, offline)",
+        description="Cut an excerpt of every human track in MANIFEST and make its AI twins "
+        "with the project's artifact families (griffin_lim: mel inversion + Griffin-Lim + "
+        "transposed-conv upsampling; autoencoder: a waveform autoencoder with a "
+        "transposed-conv decoder, trained here on the train rows; opus_lowrate: an 8 kbps "
+        "Opus/SILK vocoder round trip). Writes OUT/manifest.csv for train/evaluate; splits "
+        "and track ids are kept, so a track never straddles splits. Re-running resumes.")
+    p.add_argument("--manifest", required=True, help="CSV of human tracks (path, label, split, "
+                                                     "track_id, ...)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES,
+                   help="artifact families (default: all)")
+    p.add_argument("--design", default="paired", choices=DESIGNS,
+                   help="paired: twin of the same excerpt; unpaired: of another excerpt of "
+                        "the track (default paired)")
+    p.add_argument("--seconds", type=float, default=30.0, help="excerpt length (default 30)")
+    p.add_argument("--autoencoder", default=None, metavar="FILE",
+                   help="a trained autoencoder to reuse (default: train one on the train rows)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_twins)
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on the demo corpus, offline",
                        description="Build the demo corpus, train the tiny classifier, evaluate "
@@ -391,8 +433,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 #: The stages, in the order data flows (and ``--help`` lists them).
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_download, _add_synth, _add_preprocess, _add_train, _add_evaluate, _add_weights,
-    _add_index, _add_recommend, _add_demo)
+    _add_download, _add_synth, _add_twins, _add_preprocess, _add_train, _add_evaluate,
+    _add_weights, _add_index, _add_recommend, _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
