@@ -136,6 +136,10 @@ class ArtifactFeatureConfig:
         if self.fine_n_mels % self.fine_band_groups:
             raise ValueError(f"fine_band_groups ({self.fine_band_groups}) must divide "
                              f"fine_n_mels ({self.fine_n_mels})")
+        if self.n_fft % 2 or self.fine_n_fft % 2:
+            # the centre-referenced phase of `_stft` is a half-window rotation: even sizes only
+            raise ValueError(f"n_fft and fine_n_fft must be even, got {self.n_fft}, "
+                             f"{self.fine_n_fft}")
         if self.hop_length > self.n_fft or self.fine_hop_length > self.fine_n_fft:
             raise ValueError("hop lengths must not exceed their n_fft")
         nyquist = self.sample_rate / 2
@@ -182,9 +186,10 @@ def _mel_basis(sr: int, n_fft: int, n_mels: int) -> np.ndarray:
 @lru_cache(maxsize=8)
 def _group_edges_hz(sr: int, n_mels: int, n_groups: int) -> np.ndarray:
     """Frequency edges (Hz) of `n_groups` groups of consecutive mel bands, shape (n_groups+1,)."""
-    centres = librosa.mel_frequencies(n_mels + 2, fmin=0.0, fmax=sr / 2)
+    # band m of a Slaney filterbank spans points[m] .. points[m + 2]
+    points = librosa.mel_frequencies(n_mels + 2, fmin=0.0, fmax=sr / 2)
     per = n_mels // n_groups
-    return np.array([centres[g * per] for g in range(n_groups)] + [sr / 2])
+    return np.array([points[g * per] for g in range(n_groups)] + [sr / 2])
 
 
 def _db(power: np.ndarray, top_db: float) -> np.ndarray:
@@ -346,8 +351,7 @@ def _feature_dict(y: np.ndarray, cfg: ArtifactFeatureConfig) -> dict[str, float]
     return out
 
 
-@lru_cache(maxsize=8)
-def feature_names(config: ArtifactFeatureConfig | None = None) -> tuple[str, ...]:
+def feature_names(config: ArtifactFeatureConfig | None = None) -> list[str]:
     """Names of the features `artifact_features` returns, in order.
 
     Parameters
@@ -356,11 +360,16 @@ def feature_names(config: ArtifactFeatureConfig | None = None) -> tuple[str, ...
 
     Returns
     -------
-    tuple of str
+    list of str
         E.g. ``"dmel_g3_p90"`` (90th percentile of the 4th band group's frame-to-frame log-mel
         change); see the module docstring for the families.
     """
-    cfg = config or ArtifactFeatureConfig()
+    return list(_feature_names(config or ArtifactFeatureConfig()))
+
+
+@lru_cache(maxsize=8)
+def _feature_names(cfg: ArtifactFeatureConfig) -> tuple[str, ...]:
+    # Read off the features of a short silence, so names and values cannot drift apart.
     return tuple(_feature_dict(np.zeros(cfg.n_fft, dtype=np.float32), cfg))
 
 
@@ -461,9 +470,8 @@ def features_for_files(
     with tqdm(total=len(paths), desc="artifact features", unit="file",
               disable=not progress) as bar:
         if n_jobs == 1:
-            results = ((i, _file_features(p, cfg)) for i, p in enumerate(paths))
-            for i, row in results:
-                out[i] = _raise_or_row(paths[i], row)
+            for i, path in enumerate(paths):
+                out[i] = _raise_or_row(path, _file_features(path, cfg))
                 bar.update()
         else:
             with jit.process_pool(n_jobs) as pool:
