@@ -3,9 +3,9 @@
 The demo corpus is too easy to show what augmentation does: its detector is near 1.0 under
 most perturbations, so a change of one clip in 24 is noise. This runs the same study as
 `benchmarks/robustness.py` (steps 1-2) on the real-music proxy task of
-`benchmarks/real_detection.py --with-widelands`: Debian game soundtracks as the human class,
-the same excerpts after a Griffin-Lim mel-inversion round trip as the "AI" class, and a test
-composer the model never saw.
+`benchmarks/real_detection.py` (paired design, ``griffin_lim`` family, seed 0): Debian game
+soundtracks (music only) as the human class, the same excerpts after the Griffin-Lim family as
+the "AI" class, and test composers the model never saw.
 
 1. The real-detection run is evaluated on its test split under every registered perturbation.
 2. The same recipe is trained on the same manifest plus `--copies` perturbed copies of every
@@ -15,7 +15,7 @@ Numbers are measured on real recorded music with a *proxy* AI class, not on SONI
 
     python -m benchmarks.real_robustness    # ~19 minutes on 2 CPU cores (+3 for the run)
 
-The real-detection run is made first when it is missing (`DETECTION_ARGS`).
+The real-detection run is made first when it is missing (`real_detection.train_net`).
 """
 
 from __future__ import annotations
@@ -29,35 +29,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks import real_detection  # noqa: E402
 from benchmarks.robustness import augmentation_study, before_after_table, finish  # noqa: E402
+from helpers import jit  # noqa: E402
 from helpers.datasets import load_manifest  # noqa: E402
-from helpers.io import read_json  # noqa: E402
+from helpers.io import (
+    read_json,  # noqa: E402
+    write_csv,  # noqa: E402
+)
 from helpers.perturb import UNAVAILABLE  # noqa: E402
+from helpers.twins import select  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DETECTION = ROOT / "benchmarks" / "_work" / "real_detection_wl"
 WORK = ROOT / "benchmarks" / "_work" / "real_robustness"
 FIGURE = ROOT / "figures" / "real_robustness_before_after.png"
-#: How `benchmarks/results/real_detection_widelands.json` was made (its run is reused here).
-DETECTION_ARGS = "--with-widelands --max-excerpts-per-track 3 --epochs 20 --variants griffin_lim"
-DATA_NOTE = ("real recordings (Debian game soundtracks), AI class = Griffin-Lim round trip "
-             "of the same excerpts (a proxy), test composer unseen")
+FAMILY, SEED = "griffin_lim", 0
+DATA_NOTE = ("real recordings (Debian game soundtracks, music only), AI class = the "
+             "griffin_lim family of the same excerpts (a proxy), test composers unseen")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detection", default=str(DETECTION),
-                        help="work folder of `python -m benchmarks.real_detection "
-                             "--with-widelands` (its manifest and run are reused)")
     parser.add_argument("--copies", type=int, default=2, help="perturbed copies per train clip")
     args = parser.parse_args(argv)
-    detection = Path(args.detection)
-    run_a = real_detection.run_folder(detection, "griffin_lim", 0)
-    manifest_csv = detection / "manifest_griffin_lim.csv"
-    if not (run_a / "run.json").exists() or not manifest_csv.exists():
-        print(f"no finished real-detection run in {detection}: making it ({DETECTION_ARGS})")
-        real_detection.main([*DETECTION_ARGS.split(), "--work", str(detection),
-                             "--out", str(RESULTS / "real_detection_widelands.json")])
+    jit.prepare()
+    tracks, _ = real_detection.human_tracks()
+    frame = select(real_detection.twins(tracks, "paired", None), [FAMILY])
+    manifest_csv = WORK / "manifest_griffin_lim.csv"
+    write_csv(manifest_csv, frame)
+    fit = frame[frame["split"].isin(["train", "val"])]
+    run_a = real_detection.train_net(fit, f"paired/{FAMILY}", "spectttra", SEED)
     t0 = time.perf_counter()
     manifest = load_manifest(manifest_csv)
     before, after, run_b, _, timings, reuse = augmentation_study(run_a, manifest, WORK,

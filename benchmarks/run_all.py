@@ -342,48 +342,32 @@ def _end_to_end(d: dict) -> list[Row]:
     return rows
 
 
-#: Said of a real-detection file written before runs were fixed in advance.
-LEGACY_SELECTION = ("older file: it retrained when the test ROC-AUC missed the target and kept "
-                    "the best attempt by test score; only the first training, whose settings "
-                    "were fixed beforehand, is reported")
-
-
-def fixed_runs(variant: dict) -> tuple[list[dict], str]:
-    """The runs of one `real_detection` variant that no test score chose, and a note.
-
-    Files with ``runs`` (one training per seed) give all of them; older files with
-    ``attempts`` (a retry kept if its test score was higher) give the first attempt only.
-    """
-    if "runs" in variant:
-        return list(variant["runs"]), ""
-    attempts = variant.get("attempts", [])
-    return attempts[:1], LEGACY_SELECTION if len(attempts) > 1 else ""
-
-
 def _real_detection(d: dict) -> list[Row]:
     m = machine_of(d)
-    splits = _get(d, "data", "splits", default={})
-    data = "; ".join(f"{s}: {', '.join(v.get('packages', []))} ({v.get('tracks', '?')} tracks, "
-                     f"{v.get('excerpts', '?')} excerpts)" for s, v in splits.items())
-    data = f"real Debian soundtracks, 10 s excerpts, paired human/ai; {data}"
-    target = d.get("target_test_roc_auc")
+    summary = d.get("summary", {})
+    data = ("real Debian soundtracks (music only), split by package; AI = the project's "
+            "artifact families (proxies), paired design, mean over seeds")
     rows: list[Row] = []
-    for name, v in d.get("variants", {}).items():
-        runs, note = fixed_runs(v)
-        aucs = [_get(r, "test", "roc_auc") for r in runs]
-        auc = sum(aucs) / len(aucs) if aucs and None not in aucs else None
-        t = runs[0].get("test", {}) if len(runs) == 1 else {}
-        detail = (f"; acc {_num(t.get('accuracy'))}, F1 {_num(t.get('f1'))}, FPR on human "
-                  f"{_num(t.get('fpr_on_human'))}, pairs ranked right "
-                  f"{_num(t.get('paired_accuracy'))}; train "
-                  f"{_num(_get(runs[0], 'timings_s', 'train_call_wall'))} s" if t else
-                  f" (mean of {len(runs)} seeds: {', '.join(_num(a, 4) for a in aucs)})")
-        met = isinstance(auc, float) and isinstance(target, int | float) and auc >= target
-        rows.append((
-            "real detection", f"tiny, ai = `{name}` round trip: test ROC-AUC",
-            f"{_num(auc, 4)}{detail}" + (f" ({note})" if note else ""),
-            f"target {target if target is not None else '?'}",
-            "met" if met else "NOT met", data, m))
+    targets = _get(d, "protocol", "targets", default={})
+    for model, s in summary.items():
+        clean = s.get("clean_roc_auc_per_family", {})
+        worst = s.get("worst_perturbed_roc_auc_per_family", {})
+        fpr = s.get("fpr_on_human_at_val_threshold_per_family", {})
+        unseen = s.get("unseen_family_roc_auc", {})
+        met = s.get("targets_met", {})
+        for what, values, target, key in (
+                ("clean ROC-AUC per family", clean, targets.get("clean_roc_auc"),
+                 "clean_roc_auc"),
+                ("worst of MP3 128 / pitch +-1 ROC-AUC", worst,
+                 targets.get("perturbed_roc_auc"), "perturbed_roc_auc"),
+                ("FPR on human at the val threshold", fpr, targets.get("fpr_on_human"),
+                 "fpr_on_human"),
+                ("unseen family ROC-AUC (min over directions)",
+                 {"min": min(unseen.values())} if unseen else {},
+                 targets.get("unseen_family_roc_auc"), "unseen_family_roc_auc")):
+            rows.append(("real detection", f"{model}: {what}",
+                         ", ".join(f"{k} {_num(v)}" for k, v in values.items()),
+                         f"target {target}", "met" if met.get(key) else "NOT met", data, m))
     return rows
 
 
@@ -500,13 +484,11 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("end_to_end.json", _end_to_end, "end to end"),
     ("robustness.json", _robustness, "robustness"),
     ("real_detection.json", _real_detection, "real detection"),
-    ("real_detection_widelands.json", _real_detection, "real detection"),
     ("real_robustness.json", _robustness, "robustness"),
     ("real_retrieval.json", _real_retrieval, "real retrieval"),
 ]
 #: Files that only some machines produce: no "not run" row when they are absent.
-OPTIONAL = {"embedding_cuda.json", "embedding_cpu_channels_last.json", "classifier_cuda.json",
-            "real_detection_widelands.json"}
+OPTIONAL = {"embedding_cuda.json", "embedding_cpu_channels_last.json", "classifier_cuda.json"}
 
 
 def build_table(results_dir: str | os.PathLike = RESULTS) -> str:

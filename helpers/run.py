@@ -11,9 +11,10 @@ how far a clip lies from a run's training clips).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,18 +121,42 @@ def predict_proba(
     return sigmoid(logits / float(run_info.get("temperature", 1.0)))
 
 
+#: Below this many parameters a model runs on one CPU thread: its matrix products are too
+#: small to gain from threads, and synchronising them costs more than they save (`tiny`, one
+#: 30 s clip on 2 cores: 344 ms with 2 threads, 9.6 ms with 1,
+#: ``benchmarks/results/classifier_cpu*.json``).
+SMALL_MODEL_PARAMETERS = 1_000_000
+
+
+@contextlib.contextmanager
+def inference_threads(model: torch.nn.Module) -> Iterator[None]:
+    """One torch thread for a small model on the CPU while the block runs (then restored)."""
+    device = next(model.parameters()).device
+    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
+    if device.type != "cpu" or not small or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def predict_logits(
     model: torch.nn.Module, mel_batch: np.ndarray | torch.Tensor, batch_size: int = 64
 ) -> np.ndarray:
-    """Raw logits ``(batch,)`` for dB mels ``(batch, n_mels, frames)``."""
+    """Raw logits ``(batch,)`` for dB mels ``(batch, n_mels, frames)``; see `inference_threads`."""
     x = torch.as_tensor(np.asarray(mel_batch) if not torch.is_tensor(mel_batch) else mel_batch)
     if x.dim() == 2:
         x = x[None]
     device = next(model.parameters()).device
     model.eval()
-    out = [model(x[i: i + batch_size].to(device).float()).float().cpu()
-           for i in range(0, len(x), batch_size)]
+    with inference_threads(model):
+        out = [model(x[i: i + batch_size].to(device).float()).float().cpu()
+               for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 

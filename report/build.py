@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file from a checkout: `benchmarks` is not installed
 
-from benchmarks.run_all import fixed_runs, run_of  # noqa: E402
+from benchmarks.run_all import run_of  # noqa: E402
 from helpers.io import write_bytes, write_text  # noqa: E402
 
 RESULTS = ROOT / "report" / "results"
@@ -163,36 +163,70 @@ def t_openl3_parity() -> str:
 
 
 def t_real_detection() -> str:
-    parts = []
-    for name, title in (("real_detection.json", "One training composer (extremetuxracer)"),
-                        ("real_detection_widelands.json",
-                         "Two training composers (+ widelands, 3 excerpts per track)")):
-        m = _load(BENCH / name)
-        parts.append(f"**{title}**.\n\n"
-                     + (_missing(f"benchmarks/results/{name}") if m is None
-                        else _source(name, m) + _real_detection_table(m)))
-    return "\n\n".join(parts)
+    m = _load(BENCH / "real_detection.json")
+    if m is None:
+        return _missing("benchmarks/results/real_detection.json")
+    data = m["data"]
+    splits = {}
+    for r in data["splits"]:
+        splits.setdefault(r["split"], []).append(f"{r['source']} ({r['tracks']} tracks)")
+    head = ("Data: " + "; ".join(f"{k} = {', '.join(v)}" for k, v in splits.items())
+            + f". One 30 s excerpt per track; {len(data['dropped'])} short music files "
+            "dropped (listed in the results file). Seeds: "
+            f"{', '.join(map(str, m['protocol']['seeds']))} for Model 1; the ViT baseline "
+            f"{m['provenance']['config'].get('vit_seeds', 1)} seed(s); the LR baseline is "
+            "deterministic. Cells: mean [95 % interval] over seeds.\n\n")
+    return (_source("real_detection.json", m) + head
+            + "**In-family, paired design** (train and test on one family; FPR on human test "
+              "music at the validation threshold for max F1):\n\n"
+            + _in_family_table(m["results"]["paired"], m)
+            + "\n\n**Across families, paired design** (test ROC-AUC; the diagonal repeats the "
+              "in-family cells, `all_but_X` is leave-one-family-out):\n\n"
+            + _cross_family_table(m["results"]["paired"])
+            + ("\n\n**In-family, unpaired design** (the AI twin is another excerpt):\n\n"
+               + _in_family_table(m["results"]["unpaired"], m)
+               if "unpaired" in m["results"] else ""))
 
 
-def _real_detection_table(m: dict) -> str:
-    splits = m["data"]["splits"]
-    head = ("Data: " + "; ".join(
-        f"{name} = {', '.join(v['packages'])} ({v['tracks']} tracks, {v['excerpts']} excerpts "
-        f"of {m['data']['excerpt_seconds']:.0f} s)" for name, v in splits.items())
-        + f". Design: {m['data']['design']}. Target test ROC-AUC {m['target_test_roc_auc']}."
-        "\n\n")
-    rows, notes = [], set()
-    for variant, v in m["variants"].items():
-        runs, note = fixed_runs(v)
-        notes |= {note} - {""}
-        for run in runs:
-            t = run["test"]
-            rows.append([variant, run.get("seed", run.get("train_config", {}).get("seed")),
-                         run["epochs_run"], t["roc_auc"], t.get("paired_accuracy"),
-                         t["fpr_on_human"], t["accuracy"]])
-    tail = "".join(f"\n\n*Note: {n}.*" for n in sorted(notes))
-    return head + _table(["round trip", "seed", "epochs", "test ROC-AUC",
-                          "pairs ranked right", "FPR on human", "accuracy"], rows) + tail
+def _cell(entry: dict, key: str, metric: str = "roc_auc") -> str:
+    v = entry["cells"][key][metric]
+    ci = v.get("ci95")
+    return f"{v['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _in_family_table(results: dict, m: dict) -> str:
+    perturbations = m["protocol"]["perturbations"]
+    rows = []
+    for family in m["data"]["families"]:
+        for model in ("spectttra", "vit", "lr"):
+            entry = results.get(f"{family}/{model}")
+            if entry is None:
+                continue
+            worst = min(perturbations, key=lambda p: entry["cells"][f"{family}/{p}"]["roc_auc"]
+                        ["mean"])
+            rows.append([family, _MODEL_NAMES[model], _cell(entry, f"{family}/clean"),
+                         _cell(entry, f"{family}/clean", "pr_auc"),
+                         f"{_cell(entry, f'{family}/{worst}')} ({worst})",
+                         _cell(entry, f"{family}/clean", "fpr_at_val_max_f1"),
+                         _cell(entry, f"{family}/clean", "fpr_at_val_fpr_5pct")])
+    return _table(["family", "model", "ROC-AUC clean", "PR-AUC clean",
+                   "ROC-AUC worst perturbation", "FPR at val max-F1 threshold",
+                   "FPR at val 5 % threshold"], rows)
+
+
+def _cross_family_table(results: dict) -> str:
+    families = sorted({k.split("/")[0] for e in results.values() for k in e["cells"]})
+    rows = []
+    for name, entry in results.items():
+        set_name, model = name.rsplit("/", 1)
+        rows.append([set_name, _MODEL_NAMES[model]]
+                     + [_cell(entry, f"{f}/clean") + ("" if f in entry["train_families"]
+                                                       else " (unseen)") for f in families])
+    return _table(["trained on", "model", *families], rows)
+
+
+_MODEL_NAMES = {"spectttra": "Model 1 (tiny SpecTTTra)", "vit": "ViT-patch baseline",
+                "lr": "artifact features + LR"}
 
 
 def _perturbation_table(m: dict) -> str:

@@ -8,10 +8,11 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from benchmarks import provenance as prov
-from benchmarks.run_all import build_table, fixed_runs
+from benchmarks.run_all import build_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,33 +122,60 @@ def test_table_says_which_run_each_number_comes_from(tmp_path):
     assert index_row.rstrip(" |").endswith("not recorded")
 
 
-def test_a_retry_chosen_by_its_test_score_is_not_reported(tmp_path):
-    legacy = {"attempts": [{"reason": "default settings", "test": {"roc_auc": 0.81}},
-                           {"reason": "test ROC-AUC 0.81 < 0.99: more epochs",
-                            "test": {"roc_auc": 0.89}}],
-              "test_roc_auc": 0.89}
-    runs, note = fixed_runs(legacy)
-    assert [r["test"]["roc_auc"] for r in runs] == [0.81]
-    assert "test score" in note
-    (tmp_path / "real_detection.json").write_text(json.dumps(
-        {"target_test_roc_auc": 0.99, "variants": {"griffin_lim": legacy}}))
-    row = next(r for r in build_table(tmp_path).splitlines() if "`griffin_lim`" in r)
-    assert "| 0.81;" in row and "0.89" not in row
+def _fake_detection_results(clean: float, unseen: float) -> dict:
+    from benchmarks import real_detection as rd
 
-    seeds = {"runs": [{"seed": 0, "test": {"roc_auc": 0.9}},
-                      {"seed": 1, "test": {"roc_auc": 0.7}}]}
-    runs, note = fixed_runs(seeds)
-    assert [r["seed"] for r in runs] == [0, 1] and note == ""
+    def cell(auc: float) -> dict:
+        return {"roc_auc": rd._interval([auc, auc]), "pr_auc": rd._interval([auc, auc]),
+                "fpr_at_val_max_f1": rd._interval([0.02, 0.04]),
+                "fpr_at_val_fpr_5pct": rd._interval([0.01, 0.01])}
+
+    paired = {}
+    for name, families in rd.training_sets().items():
+        for model in rd.MODELS:
+            cells = {}
+            for f in rd.FAMILIES:
+                cells[f"{f}/clean"] = cell(clean if f in families else unseen)
+                if f in families:
+                    cells.update({f"{f}/{p}": cell(clean - 0.01) for p in rd.PERTURBATIONS})
+            paired[f"{name}/{model}"] = {"train_families": families, "model": model,
+                                         "cells": cells}
+    return {"paired": paired}
 
 
-def test_real_detection_corpus_fingerprint_covers_its_sources():
-    from benchmarks.real_detection import corpus_settings
+def test_real_detection_protocol_leaves_each_family_out_and_checks_every_target(tmp_path):
+    from benchmarks import real_detection as rd
 
-    old = corpus_settings(["griffin_lim", "codec"], {"xmoto-data": "xmoto-data_1.0_all.deb"})
-    new = corpus_settings(["griffin_lim", "codec"], {"xmoto-data": "xmoto-data_1.1_all.deb"})
-    for folder in ("human", "ai_griffin_lim", "ai_codec"):
-        assert prov.fingerprint(old[folder]) != prov.fingerprint(new[folder])
-    assert prov.fingerprint(old["ai_griffin_lim"]) != prov.fingerprint(old["ai_codec"])
+    sets = rd.training_sets()
+    for f in rd.FAMILIES:
+        assert sets[f] == [f] and f not in sets[f"all_but_{f}"]
+        assert len(sets[f"all_but_{f}"]) == len(rd.FAMILIES) - 1
+    interval = rd._interval([0.8, 0.9, 1.0])
+    assert interval["mean"] == pytest.approx(0.9)
+    assert interval["ci95"][0] < 0.8 and interval["ci95"][1] > 1.0  # t with 2 dof is wide
+    good = rd.summary(_fake_detection_results(clean=0.995, unseen=0.8))
+    assert all(good["spectttra"]["targets_met"].values())
+    bad = rd.summary(_fake_detection_results(clean=0.995, unseen=0.7))
+    met = bad["spectttra"]["targets_met"]
+    assert met["clean_roc_auc"] and not met["unseen_family_roc_auc"]
+    n = len(rd.FAMILIES)
+    assert len(bad["spectttra"]["unseen_family_roc_auc"]) == n * (n - 1) + n  # one-vs-LOFO
+    prov.write_result(tmp_path / "real_detection.json",
+                      {"protocol": {"targets": rd.TARGETS}, "summary": bad}, {})
+    rows = [r for r in build_table(tmp_path).splitlines() if "unseen family" in r]
+    assert rows and all("NOT met" in r for r in rows)
+
+
+def test_a_held_out_family_never_reaches_training_or_validation():
+    from helpers.twins import select
+
+    frame = pd.DataFrame({"path": list("abcdefgh"), "label": ["human", "ai", "ai", "ai"] * 2,
+                          "family": ["human", "griffin_lim", "autoencoder", "opus_lowrate"] * 2,
+                          "split": ["train"] * 4 + ["val"] * 4})
+    fit = select(frame, ["griffin_lim", "opus_lowrate"])
+    assert "autoencoder" not in set(fit["family"]) and (fit["label"] == "human").sum() == 2
+    with pytest.raises(ValueError, match="not in this manifest"):
+        select(frame, ["suno"])
 
 
 @pytest.mark.parametrize("name", ["classifier", "embedding", "end_to_end", "index",

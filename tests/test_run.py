@@ -21,6 +21,7 @@ from helpers.metrics import sigmoid
 from helpers.model import build_model, model_config_for
 from helpers.run import (
     describe_training_data,
+    inference_threads,
     load_run,
     manifest_changes,
     predict_logits,
@@ -187,3 +188,25 @@ def test_training_data_of_a_run_from_before_it_was_recorded(tmp_path):
     assert training_data(old_run, {})["kind"] == "unknown"
     recorded = {"kind": "custom", "manifest": None}
     assert training_data(old_run, {"training_data": recorded}) is recorded
+
+
+def test_a_small_model_scores_on_one_thread_and_restores_the_setting(monkeypatch):
+    seen = []
+    small = build_model(model_config_for("tiny", 128, 63))
+    real_forward = small.forward
+
+    def spy(x):
+        seen.append(torch.get_num_threads())
+        return real_forward(x)
+
+    monkeypatch.setattr(small, "forward", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        predict_logits(small, np.zeros((3, 128, 63), np.float32), batch_size=2)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        big = torch.nn.Linear(1100, 1000)  # 1.1 M parameters: keeps the threads it has
+        with inference_threads(big):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
