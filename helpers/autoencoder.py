@@ -124,7 +124,7 @@ class AutoencoderConfig:
     input_kernel: int = 7
     latent_kernel: int = 3
     output_kernel: int = 7
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 8
     segment_s: float = 1.0
     lr: float = 2e-3
@@ -439,7 +439,7 @@ def train_autoencoder(
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
-                history.append(float(loss))
+                history.append(loss.item())
                 if progress:
                     bar.set_postfix(loss=f"{history[-1]:.3f}")
         finally:
