@@ -27,6 +27,11 @@ The protocol (every choice below was fixed before the first test number was read
   random 10 s windows, window-averaged scoring); the ViT-patch baseline with the same recipe;
   the hand-crafted artifact-feature logistic regression (`helpers.baselines`), its C chosen by
   grouped cross-validation on the training rows and its threshold on validation.
+* **Artifact-agnostic.** The human-deviation baseline
+  (`helpers.baselines.HumanDeviationBaseline`) is fitted on human training clips only and
+  scores the Mahalanobis distance of a clip's artifact features from them: it never sees
+  any family, so every family is "unseen" to it (only its threshold is chosen on
+  validation).
 * **Test.** Each trained model scores the test split of every family (human test excerpts +
   that family's AI test excerpts), clean, and for in-family cells also after MP3 128 kbps
   and pitch +-1 semitone (both classes perturbed alike). Reported: ROC-AUC, PR-AUC, and the
@@ -51,9 +56,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
 import zlib
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +81,7 @@ from helpers.audio import read_audio  # noqa: E402
 from helpers.baselines import (  # noqa: E402
     ArtifactFeatureBaseline,
     ArtifactFeatureConfig,
+    HumanDeviationBaseline,
     features_for_files,  # noqa: E402
 )
 from helpers.cache import CacheDataset, preprocess  # noqa: E402
@@ -101,7 +109,8 @@ PACKAGE_SPLITS = {
 MUSIC_DIRS = ("/music/", "/Musics/")
 MIN_TRACK_S = 60.0  # two 30 s excerpts (the unpaired design)
 PERTURBATIONS = ("mp3_128", "pitch-1", "pitch+1")
-MODELS = ("spectttra", "vit", "lr")
+MODELS = ("spectttra", "vit", "lr", "deviation")
+FEATURE_MODELS = ("lr", "deviation")
 TARGETS = {"clean_roc_auc": 0.99, "perturbed_roc_auc": 0.95, "fpr_on_human": 0.05,
            "unseen_family_roc_auc": 0.75}
 
@@ -249,12 +258,16 @@ def _lr_features(paths: list[str]) -> np.ndarray:
     return np.stack(out)
 
 
-def train_lr(frame: pd.DataFrame) -> _Scorer:
-    """The artifact-feature baseline: fitted on train, threshold on val (deterministic)."""
+def train_lr(frame: pd.DataFrame, kind: str = "lr") -> _Scorer:
+    """A feature baseline, fitted on train, threshold on val (deterministic).
+
+    ``"lr"`` is `ArtifactFeatureBaseline` (both classes); ``"deviation"`` is
+    `HumanDeviationBaseline` (human train clips only: it never sees a generator).
+    """
     tr, va = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
-    model = ArtifactFeatureBaseline().fit(_lr_features(tr["path"].tolist()),
-                                          (tr["label"] == "ai").to_numpy(int),
-                                          groups=tr["track_id"].to_numpy())
+    model = ArtifactFeatureBaseline() if kind == "lr" else HumanDeviationBaseline()
+    model.fit(_lr_features(tr["path"].tolist()), (tr["label"] == "ai").to_numpy(int),
+              groups=tr["track_id"].to_numpy())
     y_val = (va["label"] == "ai").to_numpy(int)
     p_val = model.predict_proba(_lr_features(va["path"].tolist()))
     return _Scorer(lambda paths: model.predict_proba(_lr_features(paths)),
@@ -290,8 +303,9 @@ def _cells(scorer: _Scorer, test: pd.DataFrame, perturbed: pd.DataFrame,
 
 
 def _seeds_for(model: str, seeds: list[int], vit_seeds: int) -> list[int]:
-    """Model 1 gets every seed; the ViT baseline the first `vit_seeds`; LR is deterministic."""
-    return [0] if model == "lr" else seeds[:vit_seeds] if model == "vit" else seeds
+    """Model 1 gets every seed; the ViT baseline the first `vit_seeds`; the feature models
+    are deterministic."""
+    return [0] if model in FEATURE_MODELS else seeds[:vit_seeds] if model == "vit" else seeds
 
 
 def run_design(frame: pd.DataFrame, design: str, sets: dict[str, list[str]], models: list[str],
@@ -300,7 +314,7 @@ def run_design(frame: pd.DataFrame, design: str, sets: dict[str, list[str]], mod
     perturbed = perturbed_test(frame, design)
     everything = pd.concat([frame, perturbed], ignore_index=True)
     preprocess(everything, _cache(), config=_frontend(), progress=True)
-    if "lr" in models:  # features of every file, in parallel, before the fits read them
+    if set(models) & set(FEATURE_MODELS):  # every file's features, in parallel, first
         paths = everything["path"].tolist()
         with jit.process_pool(jobs) as pool:
             list(pool.map(_lr_features, [paths[i::jobs] for i in range(jobs)]))
@@ -308,9 +322,11 @@ def run_design(frame: pd.DataFrame, design: str, sets: dict[str, list[str]], mod
             for name, families in sets.items()}
     # Training runs are independent: `jobs` at a time (tiny trains on one thread each).
     todo = [(fits[name], f"{design}/{name}", model, seed) for name in sets
-            for model in models if model != "lr"
+            for model in models if model not in FEATURE_MODELS
             for seed in _seeds_for(model, seeds, vit_seeds)]
-    with jit.process_pool(jobs) as pool:
+    # Spawned, not forked: this process may have run torch with its OpenMP pool, and a forked
+    # child that uses torch then hangs.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for run_dir in pool.map(_train_job, todo):
             print(f"trained {run_dir.relative_to(WORK)}", flush=True)
     test = frame[frame["split"] == "test"]
@@ -319,7 +335,7 @@ def run_design(frame: pd.DataFrame, design: str, sets: dict[str, list[str]], mod
         for model in models:
             runs = []
             for seed in _seeds_for(model, seeds, vit_seeds):
-                scorer = (train_lr(fits[name]) if model == "lr" else
+                scorer = (train_lr(fits[name], model) if model in FEATURE_MODELS else
                           _net_scorer(train_net(fits[name], f"{design}/{name}", model, seed)))
                 runs.append(_cells(scorer, test, perturbed, families))
                 print(f"[{design}] {name} {model} seed {seed}: "

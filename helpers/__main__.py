@@ -4,4 +4,5 @@ import sys
 
 from helpers.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned workers import this module: they must not run it
+    sys.exit(main())

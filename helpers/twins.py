@@ -30,11 +30,12 @@ real corpora are: the AI song is not a copy of a human one). Both versions keep 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import re
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,7 @@ def _cached_autoencoder(path: str | None, load: Any) -> Any:
 def _train_autoencoder(tracks: list[_Track], out: Path, config: TwinConfig,
                        progress: bool) -> Path:
     """Train the autoencoder family on the human excerpts of the train split (once)."""
-    from helpers.autoencoder import AutoencoderConfig, save_autoencoder, train_autoencoder
+    from helpers.autoencoder import AutoencoderConfig
 
     path = out / AUTOENCODER_FILE
     if path.exists():
@@ -251,8 +252,17 @@ def _train_autoencoder(tracks: list[_Track], out: Path, config: TwinConfig,
                                   **({"steps": config.autoencoder_steps}
                                      if config.autoencoder_steps else {}))
     log.info("training the autoencoder family on %d train excerpts", len(clips))
-    save_autoencoder(train_autoencoder(clips, ae_config, progress=progress), path)
+    # In a spawned process: training starts torch's OpenMP thread pool, and a process that
+    # has one must not fork workers that use torch (GNU OpenMP hangs in the child).
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_train_and_save, clips, ae_config, str(path), progress).result()
     return path
+
+
+def _train_and_save(clips: list[np.ndarray], config: Any, path: str, progress: bool) -> None:
+    from helpers.autoencoder import save_autoencoder, train_autoencoder
+
+    save_autoencoder(train_autoencoder(clips, config, progress=progress), path)
 
 
 def make_twins(

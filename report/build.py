@@ -198,7 +198,7 @@ def _in_family_table(results: dict, m: dict) -> str:
     perturbations = m["protocol"]["perturbations"]
     rows = []
     for family in m["data"]["families"]:
-        for model in ("spectttra", "vit", "lr"):
+        for model in ("spectttra", "vit", "lr", "deviation"):
             entry = results.get(f"{family}/{model}")
             if entry is None:
                 continue
@@ -226,7 +226,8 @@ def _cross_family_table(results: dict) -> str:
 
 
 _MODEL_NAMES = {"spectttra": "Model 1 (tiny SpecTTTra)", "vit": "ViT-patch baseline",
-                "lr": "artifact features + LR"}
+                "lr": "artifact features + LR",
+                "deviation": "artifact features, distance from human (no AI seen)"}
 
 
 def _perturbation_table(m: dict) -> str:

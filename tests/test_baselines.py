@@ -251,3 +251,22 @@ def test_baseline_rejects_bad_input(twins):
         model.fit(X[:, :10], y)
     with pytest.raises(ValueError, match="both present"):
         model.fit(X, np.zeros(len(y)))
+
+
+def test_human_deviation_ranks_unseen_artifacts_above_held_out_human_features():
+    from helpers.baselines import HumanDeviationBaseline
+
+    rng = np.random.default_rng(0)
+    human = rng.standard_normal((200, 20))
+    shifted = rng.standard_normal((50, 20)) + np.r_[5.0, np.zeros(19)]  # one feature moved
+    model = HumanDeviationBaseline().fit(np.vstack([human[:150], shifted]),
+                                         np.r_[np.zeros(150), np.ones(50)])
+    held_out = model.predict_proba(human[150:])
+    far = model.predict_proba(shifted)
+    assert np.mean(far[:, None] > held_out[None, :]) > 0.9  # ROC-AUC of the ranking
+    # AI rows are ignored by fit: the same model as fitting on human rows alone.
+    alone = HumanDeviationBaseline().fit(human[:150])
+    np.testing.assert_allclose(alone.decision_function(shifted), model.decision_function(shifted))
+    assert ((0 < far) & (far < 1)).all()
+    with pytest.raises(ValueError, match="2 human rows"):
+        HumanDeviationBaseline().fit(human[:1])
