@@ -109,6 +109,7 @@ PACKAGE_SPLITS = {
 MUSIC_DIRS = ("/music/", "/Musics/")
 MIN_TRACK_S = 60.0  # two 30 s excerpts (the unpaired design)
 PERTURBATIONS = ("mp3_128", "pitch-1", "pitch+1")
+CURVE_SIZES = (8, 16, 34)  # training tracks of the learning curve (34: all of them)
 MODELS = ("spectttra", "vit", "lr", "deviation")
 FEATURE_MODELS = ("lr", "deviation")
 TARGETS = {"clean_roc_auc": 0.99, "perturbed_roc_auc": 0.95, "fpr_on_human": 0.05,
@@ -354,6 +355,43 @@ def _train_job(job: tuple[pd.DataFrame, str, str, int]) -> Path:
     return train_net(*job)
 
 
+def learning_curve(frame: pd.DataFrame, seeds: list[int], jobs: int,
+                   family: str = "griffin_lim") -> dict[str, Any]:
+    """Model 1 and the LR baseline on `family` with `CURVE_SIZES` training tracks.
+
+    Each seed draws its own subset of the training tracks (the validation and test splits
+    stay whole); the full size reuses the main runs.
+    """
+    fit_all = select(frame[frame["split"].isin(["train", "val"])], [family])
+    tracks = sorted(fit_all.loc[fit_all["split"] == "train", "track_id"].unique())
+    test = select(frame[frame["split"] == "test"], [family])
+    fits = {}
+    for n in CURVE_SIZES:
+        for seed in seeds:
+            if n >= len(tracks):
+                fits[(len(tracks), seed)] = (fit_all, f"paired/{family}")
+                continue
+            picked = np.random.default_rng(seed).choice(tracks, n, replace=False)
+            fit = fit_all[(fit_all["split"] == "val") | fit_all["track_id"].isin(picked)]
+            fits[(n, seed)] = (fit, f"paired/curve_{family}_{n}")
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_train_job, [(fit, name, "spectttra", seed)
+                                   for (n, seed), (fit, name) in fits.items()]))
+    curve: dict[str, Any] = {}
+    for n in sorted({n for n, _ in fits}):
+        per_model: dict[str, list[float]] = {"spectttra": [], "lr": []}
+        for seed in seeds:
+            fit, name = fits[(n, seed)]
+            per_model["spectttra"].append(_net_scorer(train_net(fit, name, "spectttra", seed))
+                                          .evaluate(test)["roc_auc"])
+            per_model["lr"].append(train_lr(fit).evaluate(test)["roc_auc"])
+        curve[str(n)] = {m: _interval(v) for m, v in per_model.items()}
+        print(f"[curve] {n} tracks: " + ", ".join(f"{m} {v['mean']:.3f}"
+                                                  for m, v in curve[str(n)].items()), flush=True)
+    return {"family": family, "design": "paired", "test": "clean", "metric": "roc_auc",
+            "training_tracks": curve}
+
+
 def summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers against `TARGETS` (means over seeds; paired design)."""
     rows = {}
@@ -417,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         sets = training_sets() if design == "paired" else {f: [f] for f in FAMILIES}
         results[design] = run_design(frames[design], design, sets, args.models, args.seeds,
                                      args.vit_seeds, args.jobs)
+    curve = (learning_curve(frames["paired"], args.seeds, args.jobs)
+             if "paired" in args.designs and "spectttra" in args.models else None)
     split_table = tracks.groupby(["split", "source"]).agg(
         tracks=("track_id", "size"), minutes=("seconds", lambda s: round(s.sum() / 60, 1)))
     payload = {
@@ -439,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
                      "preset": "tiny", "frontend": _frontend().to_dict(),
                      "perturbations": list(PERTURBATIONS), "targets": TARGETS},
         "results": results,
+        "learning_curve": curve,
         "summary": summary(results) if "paired" in results else {},
         "wall_s": round(time.perf_counter() - t0, 1),
     }

@@ -185,7 +185,23 @@ def t_real_detection() -> str:
             + _cross_family_table(m["results"]["paired"])
             + ("\n\n**In-family, unpaired design** (the AI twin is another excerpt):\n\n"
                + _in_family_table(m["results"]["unpaired"], m)
-               if "unpaired" in m["results"] else ""))
+               if "unpaired" in m["results"] else "")
+            + _curve_table(m.get("learning_curve")))
+
+
+def _curve_table(curve: dict | None) -> str:
+    if not curve:
+        return ""
+    rows = [[n, _fmt_interval(v["spectttra"]), _fmt_interval(v["lr"])]
+            for n, v in curve["training_tracks"].items()]
+    return (f"\n\n**Learning curve** ({curve['family']}, paired, clean test ROC-AUC; each "
+            "seed draws its own training tracks):\n\n"
+            + _table(["training tracks", _MODEL_NAMES["spectttra"], _MODEL_NAMES["lr"]], rows))
+
+
+def _fmt_interval(v: dict) -> str:
+    ci = v.get("ci95")
+    return f"{v['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _cell(entry: dict, key: str, metric: str = "roc_auc") -> str:
