@@ -200,14 +200,13 @@ def _curve_table(curve: dict | None) -> str:
 
 
 def _fmt_interval(v: dict) -> str:
+    """Mean and t-interval; every metric here lies in [0, 1], so the interval is clipped."""
     ci = v.get("ci95")
-    return f"{v['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return f"{v['mean']:.3f}" + (f" [{max(ci[0], 0):.3f}, {min(ci[1], 1):.3f}]" if ci else "")
 
 
 def _cell(entry: dict, key: str, metric: str = "roc_auc") -> str:
-    v = entry["cells"][key][metric]
-    ci = v.get("ci95")
-    return f"{v['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return _fmt_interval(entry["cells"][key][metric])
 
 
 def _in_family_table(results: dict, m: dict) -> str:

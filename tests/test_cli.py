@@ -15,7 +15,8 @@ from helpers.cli import build_parser, main
 from helpers.datasets import write_manifest
 from helpers.index import CatalogIndex
 
-COMMANDS = ["download", "synth", "preprocess", "train", "evaluate", "index", "recommend", "demo"]
+COMMANDS = ["download", "synth", "twins", "preprocess", "train", "evaluate", "weights", "index",
+            "recommend", "demo"]
 
 
 def test_every_stage_has_help(capsys):
