@@ -352,7 +352,8 @@ def _run(tracks: list[_Track], out: Path, config: TwinConfig, ae_path: str | Non
             futures = {pool.submit(_make_track, t, str(out), config, ae_path): i
                        for i, t in enumerate(tracks)}
             for fut in as_completed(futures):
-                done(futures[fut], None if fut.exception() else fut.result(), fut.exception())
+                err = fut.exception()
+                done(futures[fut], None if err else fut.result(), err)
     else:
         for i, t in enumerate(tracks):
             try:
