@@ -161,11 +161,11 @@ def twins(tracks: pd.DataFrame, design: str, autoencoder: Path | None) -> pd.Dat
     return frame
 
 
-def perturbed_test(frame: pd.DataFrame, design: str) -> pd.DataFrame:
-    """Every test file after each of `PERTURBATIONS` (16-bit WAV at the file's rate)."""
-    out = WORK / f"perturbed_{design}"
+def perturbed_test(frame: pd.DataFrame, design: str, split: str = "test") -> pd.DataFrame:
+    """Every `split` file after each of `PERTURBATIONS` (16-bit WAV at the file's rate)."""
+    out = WORK / (f"perturbed_{design}" if split == "test" else f"perturbed_{split}_{design}")
     rows = []
-    test = frame[frame["split"] == "test"]
+    test = frame[frame["split"] == split]
     for i, row in enumerate(test.to_dict("records")):
         y = sr = None
         for name in PERTURBATIONS:

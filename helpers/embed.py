@@ -53,6 +53,7 @@ from helpers.io import json_default
 from helpers.openl3 import (
     get_audio_embedding,
     load_audio_embedding_model,
+    resolve_precision,
     weights_available,
     weights_command,
     weights_path,
@@ -279,6 +280,13 @@ class Embedder:
         """
         return self
 
+    def for_queries(self) -> Embedder:
+        """The embedder to embed queries with: the same vector space, maybe a cheaper setting.
+
+        Only `OpenL3Embedder` has one (its query hop); the others return themselves.
+        """
+        return self
+
     def embed_raw_file(self, path: str | os.PathLike) -> np.ndarray:
         """Raw descriptor of a file's `policy` excerpt, shape (dim,), float32.
 
@@ -407,7 +415,16 @@ class OpenL3Embedder(Embedder):
     embedding_size : {512, 6144}
         Frame embedding size (= track vector size).
     hop_size : float
-        Seconds between the 1 s analysis windows that are averaged.
+        Seconds between the 1 s analysis windows that are averaged, for catalog files.
+    query_hop_size : float, optional
+        The same for queries (`for_queries`); ``None``: `hop_size`. A longer hop makes a
+        query cheaper at a small cost in agreement with the catalog's vectors; both hops are
+        stored in the index, so every query of one index uses the same.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Precision of the conv stack (`helpers.openl3.resolve_precision`): ``"auto"`` takes
+        bfloat16 on CPUs with AMX/AVX512-BF16 and on recent GPUs when it stays within 1e-2
+        relative L2 of float32 on a check clip, else float32. Vectors of the two precisions
+        agree to that tolerance, so an index built on one machine serves queries on another.
     weights : path, optional
         A Keras ``.h5`` weights file; ``None`` uses the cached official weights (loaded with
         ``download=False``: nothing is fetched by this class).
@@ -419,8 +436,8 @@ class OpenL3Embedder(Embedder):
         Torch device; ``None`` picks CUDA when available.
     cache_dir : path, optional
         Weights folder for ``weights=None`` (see `helpers.openl3.weights_cache_dir`).
-    batch_size : int
-        Windows per forward pass (speed only).
+    batch_size : int, optional
+        Windows per forward pass (speed only); ``None``: 4 on a CPU, 32 on a GPU.
     """
 
     name = "openl3"
@@ -436,19 +453,26 @@ class OpenL3Embedder(Embedder):
         max_seconds: float | None = 30.0,
         device: str | None = None,
         cache_dir: str | os.PathLike | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         position: str = "start",
+        query_hop_size: float | None = None,
+        precision: str = "auto",
     ) -> None:
+        if precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto|fp32|bf16|fp16, got {precision!r}")
         self.input_repr = input_repr
         self.content_type = content_type
         self.embedding_size = int(embedding_size)
         self.hop_size = float(hop_size)
+        self.query_hop_size = self.hop_size if query_hop_size is None else float(query_hop_size)
+        self.precision = precision
+        self._active_hop = self.hop_size  # the catalog's, until for_queries()
         self.weights = weights
         self.max_seconds = max_seconds
         self.position = AudioPolicy(max_seconds, position).position  # validated
         self.device = device
         self.cache_dir = cache_dir
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.dim = self.embedding_size
         self._model = None
         self._weights_id: dict[str, str] | None = None
@@ -461,6 +485,8 @@ class OpenL3Embedder(Embedder):
             "content_type": self.content_type,
             "embedding_size": self.embedding_size,
             "hop_size": self.hop_size,
+            "query_hop_size": self.query_hop_size,
+            "precision": self.precision,
             # official weights are identified by name; others by content, not by path
             "weights": "official" if self.weights is None else self._weights_id,
             "max_seconds": self.max_seconds,
@@ -487,9 +513,22 @@ class OpenL3Embedder(Embedder):
                 device=self.device, cache_dir=self.cache_dir, download=False)
         return self._model
 
+    def for_queries(self) -> OpenL3Embedder:
+        """This embedder with the query hop (same config, same vector space)."""
+        clone = copy.copy(self)
+        clone._active_hop = self.query_hop_size
+        return clone
+
+    @property
+    def precision_choice(self) -> dict[str, Any]:
+        """What `precision` resolved to on this machine, and the measured drift."""
+        return resolve_precision(self.model, self.precision).to_dict()
+
     def embed_raw_audio(self, y: np.ndarray, sr: int) -> np.ndarray:
-        frames, _ = get_audio_embedding(y, sr, self.model, hop_size=self.hop_size, center=True,
-                                        batch_size=self.batch_size)  # (n_frames, dim)
+        dtype = resolve_precision(self.model, self.precision).dtype
+        frames, _ = get_audio_embedding(y, sr, self.model, hop_size=self._active_hop,
+                                        center=True, batch_size=self.batch_size,
+                                        dtype=dtype)  # (n_frames, dim)
         return frames.mean(axis=0).astype(np.float32)
 
 
@@ -878,6 +917,12 @@ def embedder_from_config(config: dict[str, Any], **overrides: Any) -> Embedder:
     return embedder
 
 
+#: Parameters that change how a vector is computed, not the space it lies in: a bf16 vector
+#: is within 1e-2 of its float32 twin (`helpers.openl3.PRECISION_TOLERANCE`), and the query
+#: hop only thins the frames averaged into a query. Indexes record them; matching ignores them.
+HOW_NOT_WHERE = ("precision", "query_hop_size")
+
+
 def vector_space(config: dict[str, Any]) -> dict[str, Any]:
     """The part of an embedder config that must match for vectors to be comparable.
 
@@ -888,6 +933,8 @@ def vector_space(config: dict[str, Any]) -> dict[str, Any]:
     config = canonical_config(config)
     policy = config.get("policy") or legacy_policy(config)
     config["policy"] = {k: policy.get(k) for k in ("seconds", "position", "window_hop")}
+    for key in HOW_NOT_WHERE:
+        (config.get("params") or {}).pop(key, None)
     return config
 
 

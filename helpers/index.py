@@ -1124,7 +1124,8 @@ def recommend(
         exclude_paths: list[str | None] = [None] * len(vectors)
     else:
         paths = [os.path.abspath(Path(p).expanduser()) for p in paths_or_vectors]
-        embedder = index.embedder() if embedder is None else index.check_embedder(embedder)
+        embedder = (index.embedder() if embedder is None
+                    else index.check_embedder(embedder)).for_queries()
         vectors, ok, errors = embedder.embed_files(paths, progress=len(paths) > 20)
         if not ok.any():
             raise ValueError("no query file could be read: "

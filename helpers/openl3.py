@@ -26,6 +26,7 @@ import math
 import os
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
@@ -820,6 +821,121 @@ def frame_audio(audio_48k: np.ndarray, hop_size: float = 0.1, center: bool = Tru
 
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
            "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+#: Largest per-frame relative L2 distance to float32 that a reduced precision may have.
+PRECISION_TOLERANCE = 1e-2
+
+#: Windows per forward pass when none is given. On a CPU a few windows at a time are
+#: fastest: the activations of a 32-window batch (0.4 GB for mel256's first conv) were mapped
+#: and unmapped by the allocator on every batch, and the page faults cost 25-30 % more CPU
+#: time; 1 to 4 windows per pass measured within a few percent of each other, and 4 keeps
+#: every map under the 64 MB that `_keep_activations_in_heap` holds in the heap.
+CPU_BATCH_SIZE = 4
+GPU_BATCH_SIZE = 32
+
+
+def default_batch_size(device: str | torch.device) -> int:
+    """`CPU_BATCH_SIZE` on a CPU, `GPU_BATCH_SIZE` elsewhere."""
+    return CPU_BATCH_SIZE if torch.device(device).type == "cpu" else GPU_BATCH_SIZE
+
+
+def low_precision_dtype(device: str | torch.device) -> str | None:
+    """The reduced precision this device runs natively, or None.
+
+    CPUs with AMX-BF16 or AVX512-BF16 get ``"bf16"`` (oneDNN runs bf16 convolutions on those
+    units); other CPUs get None, because without them bf16 is emulated and slower than
+    float32. CUDA GPUs get ``"bf16"`` where supported (Ampere and newer), else ``"fp16"``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        try:
+            native = cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported()
+        except AttributeError:  # an older torch without the probes: assume not
+            native = False
+        return "bf16" if native else None
+    return None
+
+
+def _check_signal(seconds: float = 3.5, sr: int = TARGET_SR) -> np.ndarray:
+    """The reference fixture's kind of test clip, made here: a log chirp (100 Hz to 8 kHz)
+    and a 440 Hz tone at 0.4 each, white noise at 0.014 RMS, 10 ms fades."""
+    t = np.arange(int(seconds * sr)) / sr
+    ratio = 8000 / 100
+    chirp = np.sin(2 * np.pi * 100 * seconds / np.log(ratio) * (ratio ** (t / seconds) - 1))
+    noise = np.random.default_rng(0).standard_normal(t.size)
+    y = 0.4 * chirp + 0.4 * np.sin(2 * np.pi * 440 * t) + 0.014 * noise
+    fade = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.01)
+    return y * fade
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision `resolve_precision` picked for one model, and why.
+
+    Attributes
+    ----------
+    dtype : str
+        ``"fp32"``, ``"bf16"`` or ``"fp16"``: what the conv stack runs in.
+    drift : float or None
+        Largest per-frame relative L2 distance of the reduced precision's embeddings to
+        float32 on the check clip (None when no reduced precision was tried).
+    reason : str
+    """
+
+    dtype: str
+    drift: float | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "drift_vs_fp32": self.drift, "reason": self.reason,
+                "tolerance": PRECISION_TOLERANCE}
+
+
+def precision_drift(model: OpenL3Model, dtype: str, audio: np.ndarray | None = None,
+                    sr: int = TARGET_SR) -> float:
+    """Largest per-frame relative L2 distance between `dtype` and float32 embeddings."""
+    audio = _check_signal() if audio is None else audio
+    ref, _ = get_audio_embedding(audio, sr, model, hop_size=0.25, dtype="fp32")
+    low, _ = get_audio_embedding(audio, sr, model, hop_size=0.25, dtype=dtype)
+    norms = np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+    return float((np.linalg.norm(low - ref, axis=1) / norms).max())
+
+
+def resolve_precision(model: OpenL3Model, precision: str = "auto") -> PrecisionChoice:
+    """The precision to embed with: ``"auto"`` tries the device's reduced precision.
+
+    ``"auto"`` takes `low_precision_dtype` when the device has one *and* its embeddings stay
+    within `PRECISION_TOLERANCE` (relative L2 per frame) of float32 on a fixed check clip,
+    with this model's weights; otherwise float32. An explicit ``"fp32"``, ``"bf16"`` or
+    ``"fp16"`` is taken as is. The choice is made once per model and remembered.
+    """
+    if precision != "auto":
+        if precision not in _DTYPES:
+            raise ValueError(f"precision must be 'auto' or one of {sorted(_DTYPES)}, "
+                             f"got {precision!r}")
+        return PrecisionChoice(_NAMES[_DTYPES[precision]], None, "requested")
+    cached = getattr(model, "_precision_choice", None)
+    if cached is not None:
+        return cached
+    device = next(model.parameters()).device
+    candidate = low_precision_dtype(device)
+    if candidate is None:
+        choice = PrecisionChoice("fp32", None, f"{device.type}: no native reduced precision")
+    else:
+        drift = precision_drift(model, candidate)
+        if drift <= PRECISION_TOLERANCE:
+            choice = PrecisionChoice(candidate, drift, f"{candidate} is native on this "
+                                     f"{device.type} and within tolerance")
+        else:
+            logger.warning("openl3: %s drifts %.3g from float32 on the check clip (limit %g); "
+                           "embedding in float32", candidate, drift, PRECISION_TOLERANCE)
+            choice = PrecisionChoice("fp32", drift, f"{candidate} drift above tolerance")
+    model._precision_choice = choice
+    return choice
 
 
 def _autocast(device: torch.device, dtype: str | torch.dtype | None):
@@ -834,21 +950,179 @@ def _autocast(device: torch.device, dtype: str | torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@torch.inference_mode()
-def embed_frames(model: OpenL3Model, frames: np.ndarray, batch_size: int = 32,
+class PackedConvStack:
+    """The fused model's conv stack for float32 CPU inference, as oneDNN sees it best.
+
+    Each conv and the ReLU after it run as one oneDNN primitive (the ReLU is applied while
+    the output is still in cache instead of in a second pass over a 13 MB map), and the
+    weights are reordered into oneDNN's blocked layout once instead of on every call. Same
+    arithmetic as the eager stack (bit-identical on the reference fixture's checks). It
+    relies on two private torch operators (``mkldnn::_convolution_pointwise``, the one
+    torch's own compiler emits, and ``mkldnn_reorder_conv2d_weight``), so `build` checks
+    that they exist and agree with the eager stack, and returns None otherwise.
+    """
+
+    def __init__(self, model: OpenL3Model, packed: list[torch.Tensor]) -> None:
+        self.model = model
+        self.weights = packed
+        self.biases = [c.bias.detach() for c in _stack_convs(model)]
+        self.version = _param_version(model)
+
+    @classmethod
+    def build(cls, model: OpenL3Model) -> PackedConvStack | None:
+        """Pack `model`'s convs, or None where the operators are missing or disagree."""
+        mkldnn_ops = getattr(torch.ops, "mkldnn", None)
+        if (not model.fused or not torch.backends.mkldnn.is_available()
+                or not hasattr(mkldnn_ops, "_convolution_pointwise")
+                or not hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")):
+            return None
+        try:
+            with torch.inference_mode():
+                probe = torch.linspace(-80.0, 0.0, math.prod(model.input_shape)).reshape(
+                    1, 1, *model.input_shape).contiguous(memory_format=torch.channels_last)
+                shapes: list[list[int]] = []
+                cls._run(model, probe, lambda i, conv, x, relu: (
+                    shapes.append(list(x.shape)), _eager(conv, x, relu))[1])
+                packed = [torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    conv.weight.detach().contiguous().to_mkldnn(), [1, 1], [1, 1], [1, 1], 1,
+                    shape) for conv, shape in zip(_stack_convs(model), shapes, strict=True)]
+                stack = cls(model, packed)
+                expected, got = model.embed_logmel(probe), stack(probe)
+                scale = expected.abs().max().clamp_min(1e-12)
+                if not bool(((got - expected).abs().max() / scale) < 1e-4):
+                    logger.debug("openl3: packed conv stack disagrees; using the eager one")
+                    return None
+            return stack
+        except (RuntimeError, NotImplementedError) as err:  # a torch without these kernels
+            logger.debug("openl3: no packed conv stack (%s)", err)
+            return None
+
+    @staticmethod
+    def _run(model: OpenL3Model, x: torch.Tensor, conv_fn) -> torch.Tensor:
+        convs = _stack_convs(model)
+        x = model.bn_in(x)
+        for i, conv in enumerate(convs):
+            x = conv_fn(i, conv, x, i < len(convs) - 1)  # no ReLU after the embedding layer
+            if i in (1, 3, 5):
+                x = model.pool(x)
+        x = model.final_pool(x).permute(0, 2, 3, 1)  # Keras flattens channels last
+        return x.reshape(x.shape[0], -1)
+
+    def __call__(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Same contract as `OpenL3Model.embed_logmel`."""
+        pointwise = torch.ops.mkldnn._convolution_pointwise
+
+        def conv_fn(i, conv, x, relu):
+            return pointwise(x, self.weights[i], self.biases[i], [1, 1], [1, 1], [1, 1], 1,
+                             "relu" if relu else "none", [], "")
+
+        return self._run(self.model, logmel.contiguous(memory_format=torch.channels_last),
+                         conv_fn)
+
+
+def _stack_convs(model: OpenL3Model) -> list[nn.Conv2d]:
+    return [model.conv1_1, model.conv1_2, model.conv2_1, model.conv2_2, model.conv3_1,
+            model.conv3_2, model.conv4_1, model.audio_embedding_layer]
+
+
+def _eager(conv: nn.Conv2d, x: torch.Tensor, relu: bool) -> torch.Tensor:
+    y = conv(x)
+    return torch.relu(y) if relu else y
+
+
+def _param_version(model: OpenL3Model) -> tuple:
+    """Changes whenever a weight is replaced or modified in place."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def packed_conv_stack(model: OpenL3Model) -> PackedConvStack | None:
+    """The model's `PackedConvStack`, built on first use and rebuilt if its weights change."""
+    stack = getattr(model, "_packed_stack", None)
+    if stack is not None and stack.version == _param_version(model):
+        return stack
+    if getattr(model, "_packed_failed", None) == _param_version(model):
+        return None
+    stack = PackedConvStack.build(model)
+    model._packed_stack = stack
+    model._packed_failed = None if stack is not None else _param_version(model)
+    return stack
+
+
+@lru_cache(maxsize=1)
+def _keep_activations_in_heap() -> bool:
+    """Stop glibc from giving the conv maps back to the OS after every forward pass.
+
+    glibc serves blocks above its mmap threshold (at most 32 MB, adapted at run time) with
+    fresh mappings and trims the heap top above twice that, so every batch page-faults its
+    activation memory in again: 0.8-4 s of kernel time per 30 s clip. A 64 MB threshold
+    and a 512 MB trim threshold keep one window's maps resident across calls (they are
+    reused, not grown). Process-wide and once; a no-op off glibc, and
+    ``HELPERS_MALLOC_TUNING=0`` turns it off.
+    """
+    if os.environ.get("HELPERS_MALLOC_TUNING", "1") == "0":
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 64 << 20)
+                    and libc.mallopt(m_trim_threshold, 512 << 20))
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return False
+
+
+def embed_frames(model: OpenL3Model, frames: np.ndarray, batch_size: int | None = None,
                  dtype: str | torch.dtype | None = None) -> np.ndarray:
     """Run the network on ``(n_frames, 48000)`` windows, `batch_size` at a time.
 
     The front end always runs in float32 (float16 cannot hold the 80 dB range); `dtype`
-    (``"bf16"``, ``"fp16"``) autocasts the conv stack only.
+    (``"bf16"``, ``"fp16"``, or ``"auto"``: see `resolve_precision`) autocasts the conv
+    stack only. `batch_size` None is `default_batch_size` for the model's device.
+
+    On a CPU with several torch threads, the windows are shared out among that many Python
+    threads that each run one torch thread: one window's convs split over two cores spend
+    about 15 % more CPU time in synchronisation than two windows side by side
+    (benchmarks/results/openl3_original.json). torch's thread count is process-wide, so it
+    is set to 1 for the duration of the call and restored afterwards.
 
     Returns
     -------
     np.ndarray
         ``(n_frames, embedding_size)`` float32.
     """
+    device = next(model.parameters()).device
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(dtype, str) and dtype == "auto":
+        dtype = resolve_precision(model).dtype
+    conv_stack = model.embed_logmel
+    workers = 1
+    if device.type == "cpu":
+        _keep_activations_in_heap()
+        if dtype is None or _DTYPES.get(dtype, dtype) == torch.float32:
+            conv_stack = packed_conv_stack(model) or conv_stack
+        workers = min(torch.get_num_threads(), math.ceil(len(frames) / batch_size))
+    if workers <= 1:
+        return _embed_windows(model, conv_stack, frames, batch_size, dtype)
+    # Contiguous shares in window order, so the concatenation is in order too.
+    bounds = np.linspace(0, len(frames), workers + 1).round().astype(int)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="openl3") as pool:
+            parts = list(pool.map(
+                lambda a, b: _embed_windows(model, conv_stack, frames[a:b], batch_size, dtype),
+                bounds[:-1], bounds[1:]))
+    finally:
+        torch.set_num_threads(threads)
+    return np.concatenate(parts, axis=0)
+
+
+@torch.inference_mode()  # per thread: inference and autocast modes are thread-local
+def _embed_windows(model: OpenL3Model, conv_stack, frames: np.ndarray, batch_size: int,
+                   dtype: str | torch.dtype | None) -> np.ndarray:
     device = next(model.parameters()).device
     channels_last = model.conv1_2.weight.is_contiguous(memory_format=torch.channels_last)
     out = []
@@ -859,7 +1133,7 @@ def embed_frames(model: OpenL3Model, frames: np.ndarray, batch_size: int = 32,
         if channels_last:
             logmel = logmel.contiguous(memory_format=torch.channels_last)
         with _autocast(device, dtype):
-            emb = model.embed_logmel(logmel)  # (batch, embedding_size)
+            emb = conv_stack(logmel)  # (batch, embedding_size)
         out.append(emb.float().cpu().numpy())
     return np.concatenate(out, axis=0)
 
@@ -870,7 +1144,7 @@ def get_audio_embedding(
     model: OpenL3Model,
     hop_size: float = 0.1,
     center: bool = True,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]:
     """Compute OpenL3 embeddings of a signal (or a list of signals), like openl3's function.
@@ -887,10 +1161,13 @@ def get_audio_embedding(
         Seconds between embeddings.
     center : bool
         Centre the 1 s windows on the timestamps (openl3's default).
-    batch_size : int
+    batch_size : int, optional
         Windows per forward pass; results do not depend on it beyond float rounding.
-    dtype : {None, "fp32", "bf16", "fp16"} or torch.dtype
-        Autocast precision of the conv stack (faster on GPU); ``None`` is float32.
+        ``None``: `default_batch_size` (4 on a CPU, 32 on a GPU).
+    dtype : {None, "fp32", "bf16", "fp16", "auto"} or torch.dtype
+        Autocast precision of the conv stack; ``None`` is float32, like openl3. ``"auto"``
+        takes the device's native reduced precision when it passes the drift check
+        (`resolve_precision`): about 2-3x faster on CPUs with AMX or AVX512-BF16.
 
     Returns
     -------

@@ -116,7 +116,7 @@ class Analyzer:
             self.ood = OODCheck.load(run, self.run_info)
             self.trained_on = training_data(run, self.run_info)
         self.index = CatalogIndex.load(index)
-        self.embedder = self.index.embedder(**(embedder_overrides or {}))
+        self.embedder = self.index.embedder(**(embedder_overrides or {})).for_queries()
         self.k = k
         self.always_recommend = always_recommend
         self.timings: dict[str, float] = {}

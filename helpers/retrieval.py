@@ -252,7 +252,8 @@ def ai_query_precision(
         ``precision_at_k``, ``k``, ``n_queries``, ``n_failed`` (unreadable files),
         ``per_label`` ({style: P@K}), ``mean_top1_similarity``.
     """
-    embedder = index.embedder() if embedder is None else index.check_embedder(embedder)
+    embedder = (index.embedder() if embedder is None
+                else index.check_embedder(embedder)).for_queries()
     rows = ai_manifest_rows.reset_index(drop=True)
     vectors, ok, errors = embedder.embed_files(rows["path"], progress=progress)
     rows = rows[ok].reset_index(drop=True)

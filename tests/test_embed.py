@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from helpers import embed as embed_module
 from helpers.audio import load_clip, mel_db
 from helpers.config import FrontEndConfig
 from helpers.embed import (
@@ -25,6 +26,7 @@ from helpers.embed import (
     default_embedder,
     embedder_from_config,
     make_embedder,
+    same_space,
 )
 from helpers.index import build_index, recommend
 from helpers.openl3 import get_audio_embedding, weights_path
@@ -147,11 +149,47 @@ def test_openl3_defaults_compute_the_hear_settings(tmp_path):
     assert (model.input_repr, model.content_type, model.embedding_size) == ("mel256", "music",
                                                                           512)
     assert model.input_shape == (256, 199) and embedder.dim == raw.shape[0] == 512
-    hear, _ = get_audio_embedding(y, 16000, model, hop_size=0.5, center=True)  # (3, 512)
+    # The default precision is "auto": whatever it resolved to here (bf16 only where native
+    # and within 1e-2 of float32 on the check clip).
+    precision = embedder.precision_choice["dtype"]
+    hear, _ = get_audio_embedding(y, 16000, model, hop_size=0.5, center=True,
+                                  dtype=precision)  # (3, 512)
     np.testing.assert_allclose(raw, hear.mean(axis=0), rtol=0, atol=1e-5)
     dense, _ = get_audio_embedding(y, 16000, model, hop_size=0.1, center=True)
     assert np.abs(dense.mean(axis=0) - raw).max() > 1e-3  # the hop matters for this clip
     assert embedder.params()["hop_size"] == 0.5 and embedder.params()["pooling"] == "mean"
+
+
+def test_openl3_queries_use_the_query_hop_in_the_catalog_space(monkeypatch):
+    weights = REFERENCE / "mel128_music_random.h5"
+    if not weights.is_file():
+        pytest.fail(f"reference fixture missing: {weights}")
+    catalog = OpenL3Embedder(input_repr="mel128", weights=weights, hop_size=0.5,
+                             query_hop_size=1.0, precision="fp32", device="cpu")
+    hops = []
+    real = embed_module.get_audio_embedding
+    monkeypatch.setattr(embed_module, "get_audio_embedding",
+                        lambda *a, **k: hops.append(k["hop_size"]) or real(*a, **k))
+    y = tone("noise", seconds=2.0, sr=16000)
+    catalog.embed_raw_audio(y, 16000)
+    queries = catalog.for_queries()
+    queries.embed_raw_audio(y, 16000)
+    catalog.embed_raw_audio(y, 16000)  # the catalog embedder keeps its own hop
+    assert hops == [0.5, 1.0, 0.5]
+    params = catalog.config()["params"]
+    assert params["query_hop_size"] == 1.0 and params["precision"] == "fp32"
+    # How a vector is computed (precision, query hop) does not change the space it is in...
+    assert same_space(catalog.config(), queries.config())
+    other = OpenL3Embedder(input_repr="mel128", weights=weights, hop_size=0.5,
+                           precision="bf16", device="cpu")
+    assert same_space(catalog.config(), other.config())
+    rebuilt = embedder_from_config(catalog.config(), weights=weights)
+    assert rebuilt.query_hop_size == 1.0 and rebuilt.precision == "fp32"
+    # ...but the catalog hop does.
+    dense = OpenL3Embedder(input_repr="mel128", weights=weights, hop_size=0.1, device="cpu")
+    assert not same_space(catalog.config(), dense.config())
+    with pytest.raises(ValueError, match="precision"):
+        OpenL3Embedder(precision="int8")
 
 
 # --- the classifier's pooled vector -----------------------------------------------------------

@@ -581,3 +581,102 @@ def test_mel256_weights_load_and_run_like_keras(numpy_stack_checked, reference, 
         expected = _keras_flatten_of_pooled_grid(fmap, openl3.POOL_SIZES["mel256"][size])
         assert got[size].shape == expected.shape == (size,)
         assert np.linalg.norm(got[size] - expected) / np.linalg.norm(expected) <= 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# CPU speed paths: packed conv stack, windows in parallel, automatic precision
+# --------------------------------------------------------------------------------------------
+
+
+def test_packed_conv_stack_reproduces_the_reference(reference, fused_model):
+    stack = openl3.packed_conv_stack(fused_model)
+    assert stack is not None  # torch 2.13 CPU has the oneDNN operators
+    logmel = torch.from_numpy(reference["frontend_logmel"][..., 0])[:, None]
+    with torch.inference_mode():
+        got = stack(logmel).numpy()
+        eager = fused_model.embed_logmel(logmel).numpy()
+    assert rel_l2_per_frame(got, reference["embedding"]).max() <= 1e-5
+    np.testing.assert_allclose(got, eager, rtol=0, atol=1e-4)
+
+
+def test_packed_conv_stack_follows_weight_changes_and_needs_a_fused_model():
+    torch.manual_seed(3)
+    unfused = openl3.OpenL3Model("mel128", 512)
+    assert openl3.packed_conv_stack(unfused) is None  # BN layers still there
+    model = unfused.fuse_batchnorm()
+    frames = openl3.frame_audio(_noise(1.5, 48000, seed=2), hop_size=0.5)
+    before = openl3.embed_frames(model, frames)
+    with torch.no_grad():
+        model.conv2_1.weight.mul_(-1.0)  # in place: a stale packed copy would miss it
+    after = openl3.embed_frames(model, frames)
+    with torch.inference_mode():
+        eager = model(torch.from_numpy(np.ascontiguousarray(frames, np.float32))[:, None])
+    assert np.abs(after - before).max() > 1e-2
+    np.testing.assert_allclose(after, eager.numpy(), rtol=0, atol=1e-4)
+
+
+def test_windows_shared_among_threads_keep_their_order(random_model):
+    frames = openl3.frame_audio(_noise(2.0, 48000, seed=4), hop_size=0.25)  # 7 windows
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        parallel = openl3.embed_frames(random_model, frames, batch_size=2)
+        assert torch.get_num_threads() == 3  # restored
+        torch.set_num_threads(1)
+        serial = np.concatenate([openl3.embed_frames(random_model, frames[i:i + 1])
+                                 for i in range(len(frames))])
+    finally:
+        torch.set_num_threads(threads)
+    assert parallel.shape == (7, 512)
+    np.testing.assert_allclose(parallel, serial, rtol=0, atol=1e-4)
+
+
+def test_bf16_stays_within_the_precision_tolerance_on_the_fixture(fused_model, wav):
+    audio, sr = wav
+    fp32, _ = openl3.get_audio_embedding(audio, sr, fused_model, hop_size=0.1)
+    bf16, _ = openl3.get_audio_embedding(audio, sr, fused_model, hop_size=0.1, dtype="bf16")
+    drift = rel_l2_per_frame(bf16, fp32).max()
+    assert 1e-5 < drift <= openl3.PRECISION_TOLERANCE  # really bf16, and close enough
+
+
+def _fresh_model(seed: int = 5) -> openl3.OpenL3Model:
+    torch.manual_seed(seed)
+    return openl3.OpenL3Model("mel128", 512).fuse_batchnorm()
+
+
+def test_auto_precision_takes_native_bf16_only_within_tolerance(monkeypatch, caplog):
+    monkeypatch.setattr(openl3, "low_precision_dtype", lambda device: "bf16")
+    monkeypatch.setattr(openl3, "precision_drift", lambda model, dtype: 0.004)
+    good = openl3.resolve_precision(_fresh_model())
+    assert good.dtype == "bf16" and good.drift == 0.004
+    monkeypatch.setattr(openl3, "precision_drift", lambda model, dtype: 0.05)
+    with caplog.at_level(logging.WARNING):
+        bad = openl3.resolve_precision(_fresh_model())
+    assert bad.dtype == "fp32" and bad.drift == 0.05 and "0.05" in caplog.text
+    monkeypatch.setattr(openl3, "low_precision_dtype", lambda device: None)
+    assert openl3.resolve_precision(_fresh_model()).dtype == "fp32"
+    assert openl3.resolve_precision(_fresh_model(), "bf16").dtype == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        openl3.resolve_precision(_fresh_model(), "int8")
+
+
+def test_auto_precision_is_measured_once_per_model(monkeypatch):
+    calls = []
+    monkeypatch.setattr(openl3, "low_precision_dtype", lambda device: "bf16")
+    monkeypatch.setattr(openl3, "precision_drift",
+                        lambda model, dtype: calls.append(dtype) or 0.001)
+    model = _fresh_model()
+    frames = openl3.frame_audio(_noise(1.0, 48000), hop_size=0.5)
+    openl3.embed_frames(model, frames, dtype="auto")
+    openl3.embed_frames(model, frames, dtype="auto")
+    assert calls == ["bf16"]
+
+
+def test_real_drift_check_runs_on_this_machine():
+    choice = openl3.resolve_precision(_fresh_model(7))
+    native = openl3.low_precision_dtype("cpu")
+    if native is None:
+        assert choice.dtype == "fp32" and choice.drift is None
+    else:  # measured with the model's own (random) weights on the check clip
+        assert choice.drift is not None and 0 < choice.drift
+        assert (choice.dtype == native) == (choice.drift <= openl3.PRECISION_TOLERANCE)
