@@ -2,13 +2,12 @@
 
 Builds the real mel256 / mel128 architectures with random weights (no weight file needed; the
 cost does not depend on the values), embeds a `--seconds` long 44.1 kHz clip at each hop, and
-writes a JSON with seconds per clip, x-realtime, peak memory, and, on CUDA, the drift of
-fp16 / bf16 autocast against fp32. No baseline is measured here: a TensorFlow openl3 run in the
-same process and on the same machine is the comparison to add; a figure quoted from elsewhere
-is not one.
+writes a JSON with seconds per clip, x-realtime, peak memory, and the drift of fp16 / bf16
+autocast against fp32. It is the GPU script (batch sizes, precisions); on a CPU the comparison
+that matters is against the original openl3, run alternately in one session by
+`benchmarks/openl3_original.py`.
 
-    python benchmarks/embedding.py --device cpu --repeats 1 \
-        --out benchmarks/results/embedding_cpu.json
+    python benchmarks/embedding.py --device cuda --out benchmarks/results/embedding_cuda.json
 """
 
 from __future__ import annotations
@@ -91,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting")
     parser.add_argument("--reprs", nargs="+", default=["mel256", "mel128"],
                         choices=list(openl3.INPUT_REPRS))
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per pass (default: 4 on CPU, 32 on GPU)")
     parser.add_argument("--dtypes", nargs="+", default=None,
                         help="default: fp32 on CPU; fp32 fp16 bf16 on CUDA")
     parser.add_argument("--no-fuse", action="store_true", help="keep BatchNorm unfused")

@@ -37,13 +37,15 @@ RESULTS = HERE / "results"
 BENCHMARKS: dict[str, list[str]] = {
     "openl3_parity": [],
     "preprocess": [],
-    "embedding": ["--device", "cpu", "--out", str(RESULTS / "embedding_cpu.json")],
+    "openl3_original": [],
+    "openl3_query_budget": [],
     "classifier": ["--device", "cpu"],
     "index": [],
     "hnsw": [],
     "end_to_end": [],
     "robustness": [],
     "real_detection": [],
+    "recipe_validation": [],
     "real_robustness": [],
     "real_retrieval": [],
 }
@@ -342,6 +344,64 @@ def _end_to_end(d: dict) -> list[Row]:
     return rows
 
 
+def _openl3_original(d: dict) -> list[Row]:
+    """The port against the original openl3 (TensorFlow), alternating in one run."""
+    m = machine_of(d)
+    rows: list[Row] = []
+    for r in d.get("results", []):
+        summary = r.get("summary", {})
+        orig = summary.get("original", {})
+        data = (f"{_num(d.get('clip_s'))} s 44.1 kHz clip, {r.get('weights', '?')}, "
+                f"{d.get('threads_each', '?')} threads each")
+        for side, s in summary.items():
+            if side == "original":
+                continue
+            label = side.replace("port_", "")
+            rows.append((
+                "embedding", f"OpenL3 {r.get('input_repr')} hop {r.get('hop_s')} s, port {label}: "
+                "CPU-seconds per clip (wall)",
+                f"{_num(s.get('cpu_s_median'))} s ({_num(s.get('wall_s_median'))} s wall), "
+                f"rel-L2 to original {_num(s.get('max_rel_l2_vs_original'), 2)}",
+                f"openl3 0.4.2 TF: {_num(orig.get('cpu_s_median'))} s "
+                f"({_num(orig.get('wall_s_median'))} s wall)",
+                f"{_ratio(orig.get('cpu_s_median'), s.get('cpu_s_median'))} CPU, "
+                f"{_ratio(orig.get('wall_s_median'), s.get('wall_s_median'))} wall", data, m))
+    return rows
+
+
+def _query_budget(d: dict) -> list[Row]:
+    m = machine_of(d)
+    hop = _get(d, "decision", "query_hop_s")
+    if hop is None:
+        return [("embedding", "OpenL3 query hop", "no hop fits the budget", "-", "-", "-", m)]
+    curve = _get(d, "quality_curve", str(hop), default={})
+    times = _get(d, "query_embed_wall_s", default={})
+    return [("embedding", f"OpenL3 query at hop {hop} s (chosen by the rule)",
+             f"fp32 {_num(_get(times, 'fp32', str(hop), 'median_s'))} s, bf16 "
+             f"{_num(_get(times, 'bf16', str(hop), 'median_s'))} s per 30 s query; cosine to "
+             f"hop 0.1 {_num(_get(curve, 'cosine_to_hop_0.1', 'mean'))}",
+             f"hop 0.1: fp32 {_num(_get(times, 'fp32', '0.1', 'median_s'))} s", "-",
+             f"real soundtracks, {len(_get(d, 'data', 'tracks', default=[]))} tracks, random "
+             "weights", m)]
+
+
+def _recipe(d: dict) -> list[Row]:
+    m = machine_of(d)
+    rows: list[Row] = []
+    base = _get(d, "summary", "default", default={})
+    for name, s in d.get("summary", {}).items():
+        rows.append((
+            "real detection", f"recipe on validation: {name}",
+            f"clean {_num(_get(s, 'clean_roc_auc', 'mean'))}, worst perturbed "
+            f"{_num(_get(s, 'worst_perturbed_roc_auc', 'mean'))}, FPR@0.5 "
+            f"{_num(_get(s, 'fpr_at_0.5', 'mean'))}",
+            f"default: {_num(_get(base, 'clean_roc_auc', 'mean'))}, "
+            f"{_num(_get(base, 'worst_perturbed_roc_auc', 'mean'))}",
+            "chosen" if _get(d, "decision", "choice") == name else "-",
+            "validation composer only, 3 families, mean over seeds", m))
+    return rows
+
+
 def _real_detection(d: dict) -> list[Row]:
     m = machine_of(d)
     summary = d.get("summary", {})
@@ -473,8 +533,8 @@ def _real_retrieval(d: dict) -> list[Row]:
 SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("openl3_parity.json", _openl3_parity, "openl3 parity"),
     ("preprocess.json", _preprocess, "preprocess"),
-    ("embedding_cpu.json", _embedding, "embedding"),
-    ("embedding_cpu_channels_last.json", _embedding, "embedding"),
+    ("openl3_original.json", _openl3_original, "embedding"),
+    ("openl3_query_budget.json", _query_budget, "embedding"),
     ("embedding_cuda.json", _embedding, "embedding"),
     ("classifier_cpu.json", _classifier, "classifier"),
     ("classifier_cpu_tiny_1thread.json", _classifier, "classifier"),
@@ -484,11 +544,12 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("end_to_end.json", _end_to_end, "end to end"),
     ("robustness.json", _robustness, "robustness"),
     ("real_detection.json", _real_detection, "real detection"),
+    ("recipe_validation.json", _recipe, "real detection"),
     ("real_robustness.json", _robustness, "robustness"),
     ("real_retrieval.json", _real_retrieval, "real retrieval"),
 ]
 #: Files that only some machines produce: no "not run" row when they are absent.
-OPTIONAL = {"embedding_cuda.json", "embedding_cpu_channels_last.json", "classifier_cuda.json"}
+OPTIONAL = {"embedding_cuda.json", "classifier_cuda.json"}
 
 
 def build_table(results_dir: str | os.PathLike = RESULTS) -> str:

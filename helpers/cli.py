@@ -139,14 +139,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     # the audio policy: which seconds of each song (catalog and queries alike)
     policy = {"max_seconds": None if args.seconds == 0 else args.seconds,
               "position": args.excerpt}
+    openl3_options = {"precision": args.precision}
+    if args.query_hop is not None:
+        openl3_options["query_hop_size"] = args.query_hop
     if args.embedder == "auto":
-        embedder = default_embedder(**policy)
+        embedder = default_embedder(**policy, openl3_options=openl3_options)
     elif args.embedder == "classifier":
         if not args.run:
             raise SystemExit("--embedder classifier needs --run RUN")
         embedder = make_embedder("classifier", run_dir=args.run)  # the run's own clip
     else:
-        embedder = make_embedder(args.embedder, **policy)
+        extra = openl3_options if args.embedder == "openl3" else {}
+        embedder = make_embedder(args.embedder, **policy, **extra)
     label = None if args.label == "all" else args.label  # build_index: None keeps every row
     index_type = "hnsw" if args.hnsw else "flat" if args.flat else "auto"
     index = build_index(manifest, args.out, embedder, label=label, index_type=index_type,
@@ -335,6 +339,14 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
                    help="where those seconds lie: from the start (default) or the centre")
     p.add_argument("--checkpoint-every", type=int, default=64,
                    help="files per checkpoint: a killed build redoes at most this many")
+    p.add_argument("--query-hop", type=float, default=None,
+                   help="openl3: seconds between the windows of a *query* (default 1.5: a 30 s "
+                   "query in under 2 s on a 2-core CPU, see "
+                   "benchmarks/results/openl3_query_budget.json); the catalog uses 0.5 s. "
+                   "Stored in the index, so every query agrees")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="openl3: precision of the network (auto: bf16 where the CPU/GPU runs "
+                   "it natively and it stays within 1e-2 of fp32 on a check clip)")
     p.set_defaults(func=cmd_index)
 
 

@@ -400,6 +400,10 @@ class Embedder:
 # ------------------------------------------------------------------------------------------
 
 
+#: Seconds between a query's OpenL3 windows, chosen by `benchmarks/openl3_query_budget.py`.
+DEFAULT_QUERY_HOP = 1.5
+
+
 class OpenL3Embedder(Embedder):
     """OpenL3 track embedding: mean of frame embeddings, L2-normalised.
 
@@ -417,9 +421,11 @@ class OpenL3Embedder(Embedder):
     hop_size : float
         Seconds between the 1 s analysis windows that are averaged, for catalog files.
     query_hop_size : float, optional
-        The same for queries (`for_queries`); ``None``: `hop_size`. A longer hop makes a
-        query cheaper at a small cost in agreement with the catalog's vectors; both hops are
-        stored in the index, so every query of one index uses the same.
+        The same for queries (`for_queries`); ``None``: `hop_size`. The default, 1.5 s, is
+        the smallest hop at which one 30 s query fits the `analyze` budget in float32 on a
+        2-core CPU (1.7 s; 0.45 s in bf16) with a track vector within cosine 0.9996 of hop
+        0.1's (`benchmarks/results/openl3_query_budget.json`, real soundtracks, random
+        weights). Both hops are stored in the index, so every query of one index agrees.
     precision : {"auto", "fp32", "bf16", "fp16"}
         Precision of the conv stack (`helpers.openl3.resolve_precision`): ``"auto"`` takes
         bfloat16 on CPUs with AMX/AVX512-BF16 and on recent GPUs when it stays within 1e-2
@@ -455,7 +461,7 @@ class OpenL3Embedder(Embedder):
         cache_dir: str | os.PathLike | None = None,
         batch_size: int | None = None,
         position: str = "start",
-        query_hop_size: float | None = None,
+        query_hop_size: float | None = DEFAULT_QUERY_HOP,
         precision: str = "auto",
     ) -> None:
         if precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -965,13 +971,17 @@ def describe_config_difference(expected: dict[str, Any], got: dict[str, Any]) ->
     return "; ".join(diffs) or "no difference"
 
 
-def default_embedder(cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> Embedder:
+def default_embedder(cache_dir: str | os.PathLike | None = None,
+                     openl3_options: dict[str, Any] | None = None, **kwargs: Any) -> Embedder:
     """OpenL3 (mel256, music, 512-d) when its weights are cached, else classic features.
 
     Parameters
     ----------
     cache_dir : path, optional
         OpenL3 weights folder to look in (default: `helpers.openl3.weights_cache_dir`).
+    openl3_options : dict, optional
+        Extra `OpenL3Embedder` arguments (``query_hop_size``, ``precision``), used only when
+        OpenL3 is chosen.
     **kwargs
         Passed to the chosen embedder (e.g. ``max_seconds``).
 
@@ -982,7 +992,7 @@ def default_embedder(cache_dir: str | os.PathLike | None = None, **kwargs: Any) 
     """
     if weights_available("mel256", "music", cache_dir):
         log.info("embedder: openl3 (mel256/music/512 weights found in cache)")
-        return OpenL3Embedder(cache_dir=cache_dir, **kwargs)
+        return OpenL3Embedder(cache_dir=cache_dir, **kwargs, **(openl3_options or {}))
     log.info("embedder: features (no OpenL3 weights at %s; `%s` installs them)",
              weights_path("mel256", "music", cache_dir), weights_command("mel256", "music"))
     return FeatureEmbedder(**kwargs)

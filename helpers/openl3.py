@@ -725,7 +725,8 @@ def load_audio_embedding_model(
     model = model.to(device).eval()
     if torch.device(device).type == "cpu":
         # oneDNN's convolutions run faster on channels-last tensors: 97 s instead of 120 s per
-        # 30 s clip (mel256, hop 0.1) on a 2-core CPU, benchmarks/results/embedding_cpu*.json.
+        # 30 s clip (mel256, hop 0.1, 32-window batches) on a 2-core AMD EPYC, measured with
+        # benchmarks/embedding.py before commit 40c9d3a.
         model = model.to(memory_format=torch.channels_last)
     return model
 

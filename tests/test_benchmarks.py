@@ -180,10 +180,56 @@ def test_a_held_out_family_never_reaches_training_or_validation():
 
 @pytest.mark.parametrize("name", ["classifier", "embedding", "end_to_end", "index",
                                   "openl3_parity", "preprocess", "real_audio",
-                                  "real_detection", "run_all"])
+                                  "real_detection", "run_all", "openl3_original",
+                                  "openl3_query_budget", "recipe_validation"])
 def test_benchmark_scripts_import_and_answer_help(name, capsys):
     module = importlib.import_module(f"benchmarks.{name}")
     with pytest.raises(SystemExit) as exit_:
         module.main(["--help"])
     assert exit_.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_openl3_original_says_why_it_is_skipped_and_writes_nothing(tmp_path, capsys):
+    from benchmarks import openl3_original
+
+    out = tmp_path / "o.json"
+    assert openl3_original.main(["--venv", str(tmp_path / "no_venv"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("skipped:") and "--setup" in printed
+    assert not out.exists()
+
+
+def test_query_hop_rule_needs_both_the_time_budget_and_the_agreement():
+    from benchmarks import openl3_query_budget as qb
+
+    hops = [str(h) for h in qb.HOPS]
+    cosine = dict(zip(hops, [1.0, 0.999, 0.995, 0.992, 0.985, 0.98, 0.97], strict=True))
+    fp32 = dict(zip(hops, [20.0, 10.0, 4.0, 2.4, 1.7, 1.3, 0.9], strict=True))
+    bf16 = dict(zip(hops, [7.0, 3.5, 1.5, 0.8, 0.6, 0.5, 0.4], strict=True))
+    curve = {h: {"cosine_to_hop_0.1": {"mean": c}} for h, c in cosine.items()}
+    times = {"fp32": {h: {"median_s": t} for h, t in fp32.items()},
+             "bf16": {h: {"median_s": t} for h, t in bf16.items()}}
+    decision = qb.choose(curve, times)
+    assert decision["query_hop_s"] == 1.0  # 0.5 is too slow in fp32, 1.5 agrees too little
+    assert decision["smallest_hop_in_budget_with_bf16"] == 0.5
+    times["fp32"]["1.0"]["median_s"] = 2.6
+    assert qb.choose(curve, times)["query_hop_s"] is None  # nothing fits both
+
+
+def test_recipe_rule_adopts_only_a_gain_beyond_the_interval():
+    from benchmarks import recipe_validation as rv
+
+    def row(clean, worst, half):
+        return {"clean_roc_auc": {"mean": clean, "ci95": [clean - half, clean + half]},
+                "worst_perturbed_roc_auc": {"mean": worst, "ci95": [worst - half, worst + half]}}
+
+    summary = {"default": row(0.90, 0.80, 0.01), "default+augment": row(0.895, 0.85, 0.02),
+               "fine": row(0.93, 0.805, 0.02), "fine+augment": row(0.85, 0.90, 0.02)}
+    decision = rv.decide(summary)
+    assert decision["verdicts"]["default+augment"]["adopt"]  # +0.05 robust, -0.005 clean
+    assert not decision["verdicts"]["fine"]["adopt"]  # +0.005 is inside its interval
+    assert not decision["verdicts"]["fine+augment"]["adopt"]  # loses 0.05 clean
+    assert decision["choice"] == "default+augment"
+    summary["default+augment"] = row(0.895, 0.81, 0.02)
+    assert rv.decide(summary)["choice"] == "default"
