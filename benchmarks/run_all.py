@@ -379,7 +379,7 @@ def _query_budget(d: dict) -> list[Row]:
     return [("embedding", f"OpenL3 query at hop {hop} s (chosen by the rule)",
              f"fp32 {_num(_get(times, 'fp32', str(hop), 'median_s'))} s, bf16 "
              f"{_num(_get(times, 'bf16', str(hop), 'median_s'))} s per 30 s query; cosine to "
-             f"hop 0.1 {_num(_get(curve, 'cosine_to_hop_0.1', 'mean'))}",
+             f"hop 0.1 {_num(_get(curve, 'cosine_to_hop_0.1', 'mean'), 5)}",
              f"hop 0.1: fp32 {_num(_get(times, 'fp32', '0.1', 'median_s'))} s", "-",
              f"real soundtracks, {len(_get(d, 'data', 'tracks', default=[]))} tracks, random "
              "weights", m)]
