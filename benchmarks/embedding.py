@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reprs", nargs="+", default=["mel256", "mel128"],
                         choices=list(openl3.INPUT_REPRS))
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="windows per pass (default: 4 on CPU, 32 on GPU)")
+                        help="windows per pass (default: 2 on CPU, 32 on GPU)")
     parser.add_argument("--dtypes", nargs="+", default=None,
                         help="default: fp32 on CPU; fp32 fp16 bf16 on CUDA")
     parser.add_argument("--no-fuse", action="store_true", help="keep BatchNorm unfused")

@@ -443,7 +443,7 @@ class OpenL3Embedder(Embedder):
     cache_dir : path, optional
         Weights folder for ``weights=None`` (see `helpers.openl3.weights_cache_dir`).
     batch_size : int, optional
-        Windows per forward pass (speed only); ``None``: 4 on a CPU, 32 on a GPU.
+        Windows per forward pass (speed only); ``None``: 2 on a CPU, 32 on a GPU.
     """
 
     name = "openl3"

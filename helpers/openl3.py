@@ -827,12 +827,14 @@ _NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 #: Largest per-frame relative L2 distance to float32 that a reduced precision may have.
 PRECISION_TOLERANCE = 1e-2
 
-#: Windows per forward pass when none is given. On a CPU a few windows at a time are
-#: fastest: the activations of a 32-window batch (0.4 GB for mel256's first conv) were mapped
-#: and unmapped by the allocator on every batch, and the page faults cost 25-30 % more CPU
-#: time; 1 to 4 windows per pass measured within a few percent of each other, and 4 keeps
-#: every map under the 64 MB that `_keep_activations_in_heap` holds in the heap.
-CPU_BATCH_SIZE = 4
+#: Windows per forward pass when none is given. On a CPU two windows at a time are fastest:
+#: the activations of a 32-window batch (0.4 GB for mel256's first conv) were mapped and
+#: unmapped by the allocator on every batch, and the page faults cost 25-30 % more CPU time.
+#: With the windows shared among threads (`embed_frames`), each thread allocates from its own
+#: glibc arena, whose heaps hold at most 64 MB: two windows' maps (2 x 26 MB) fit and are
+#: reused, four windows' do not and fault again (measured: 856k minor faults per 30 s clip at
+#: 4, about 1k at 2).
+CPU_BATCH_SIZE = 2
 GPU_BATCH_SIZE = 32
 
 
@@ -1164,7 +1166,7 @@ def get_audio_embedding(
         Centre the 1 s windows on the timestamps (openl3's default).
     batch_size : int, optional
         Windows per forward pass; results do not depend on it beyond float rounding.
-        ``None``: `default_batch_size` (4 on a CPU, 32 on a GPU).
+        ``None``: `default_batch_size` (2 on a CPU, 32 on a GPU).
     dtype : {None, "fp32", "bf16", "fp16", "auto"} or torch.dtype
         Autocast precision of the conv stack; ``None`` is float32, like openl3. ``"auto"``
         takes the device's native reduced precision when it passes the drift check
