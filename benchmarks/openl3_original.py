@@ -58,6 +58,7 @@ ORIGINAL_REQUIREMENTS = ("tensorflow-cpu==2.15.1", "kapre==0.3.6", "resampy==0.2
 OPENL3_REPO = "https://github.com/marl/openl3"
 OPENL3_TAG = "v0.4.2"
 INPUT_SR = 44_100
+ORIGINAL_BATCH = 32  # openl3.get_audio_embedding's default
 SETTINGS = (("mel128", 0.1), ("mel256", 0.1), ("mel256", 0.5))
 
 
@@ -147,7 +148,7 @@ def _usage() -> dict[str, float]:
             "minflt": r.ru_minflt}
 
 
-def run_port(model: openl3.OpenL3Model, audio: np.ndarray, hop: float, batch_size: int,
+def run_port(model: openl3.OpenL3Model, audio: np.ndarray, hop: float, batch_size: int | None,
              dtype: str | None) -> tuple[dict, np.ndarray]:
     before, start = _usage(), time.perf_counter()
     emb, _ = openl3.get_audio_embedding(audio, INPUT_SR, model, hop_size=hop,
@@ -170,7 +171,7 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def measure(original: Original, input_repr: str, hop: float, audio_path: Path,
-            audio: np.ndarray, repeats: int, batch_size: int, low_precision: str | None,
+            audio: np.ndarray, repeats: int, batch_size: int | None, low_precision: str | None,
             tmp: Path) -> dict[str, Any]:
     """Alternate original and port `repeats` times on one setting."""
     weights = FIXTURE if input_repr == "mel128" and FIXTURE.exists() else None
@@ -183,7 +184,7 @@ def measure(original: Original, input_repr: str, hop: float, audio_path: Path,
     # Warm-up on both sides (TF graph tracing, numba's resampy JIT, oneDNN primitives).
     short = tmp / "warm.npy"
     np.save(short, audio[: 2 * INPUT_SR])
-    original.ask(op="embed", audio=str(short), sr=INPUT_SR, hop=hop, batch_size=batch_size,
+    original.ask(op="embed", audio=str(short), sr=INPUT_SR, hop=hop, batch_size=ORIGINAL_BATCH,
                  out=str(tmp / "warm_out.npy"))
     openl3.get_audio_embedding(audio[: 2 * INPUT_SR], INPUT_SR, model, hop_size=hop,
                                batch_size=batch_size)
@@ -202,7 +203,7 @@ def measure(original: Original, input_repr: str, hop: float, audio_path: Path,
             if side == "original":
                 out = tmp / "orig_out.npy"
                 row = original.ask(op="embed", audio=str(audio_path), sr=INPUT_SR, hop=hop,
-                                   batch_size=batch_size, out=str(out))
+                                   batch_size=ORIGINAL_BATCH, out=str(out))
                 row.pop("ok")
                 embs[side] = np.load(out)
             else:
@@ -243,7 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="clip length")
     parser.add_argument("--repeats", type=int, default=3, help="runs per side and setting")
     parser.add_argument("--threads", type=int, default=2, help="threads of each side")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="the port's windows per pass (default: its own, "
+                        "helpers.openl3.default_batch_size); the original always uses "
+                        f"openl3's default, {ORIGINAL_BATCH}")
     parser.add_argument("--settings", nargs="+", default=[f"{r}:{h}" for r, h in SETTINGS],
                         help="input_repr:hop pairs (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -278,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "openl3 0.4.2 (TensorFlow) vs helpers.openl3 (torch), alternating runs "
                      "in one session, same clip and weights, 44.1 kHz input (resampling "
                      "included)",
-        "clip_s": args.seconds, "threads_each": args.threads, "batch_size": args.batch_size,
+        "clip_s": args.seconds, "threads_each": args.threads,
+        "batch_size": {"original": ORIGINAL_BATCH,
+                       "port": args.batch_size or openl3.default_batch_size("cpu")},
         "port_low_precision": low or "none (no bf16 support detected)",
         "results": results,
     }
