@@ -423,7 +423,7 @@ class OpenL3Embedder(Embedder):
     query_hop_size : float, optional
         The same for queries (`for_queries`); ``None``: `hop_size`. The default, 1.5 s, is
         the smallest hop at which one 30 s query fits the `analyze` budget in float32 on a
-        2-core CPU (1.7 s; 0.45 s in bf16) with a track vector within cosine 0.9996 of hop
+        2-core CPU (1.8 s; 0.6 s in bf16) with a track vector within cosine 0.9996 of hop
         0.1's (`benchmarks/results/openl3_query_budget.json`, real soundtracks, random
         weights). Both hops are stored in the index, so every query of one index agrees.
     precision : {"auto", "fp32", "bf16", "fp16"}
