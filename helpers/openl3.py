@@ -245,25 +245,12 @@ class OpenL3Model(nn.Module):
     def embed_logmel(self, logmel: torch.Tensor) -> torch.Tensor:
         """Conv stack: dB image ``(batch, 1, n_bins, n_frames)`` -> ``(batch, embedding_size)``.
 
-        Shape comments are for mel128; mel256 and linear have 256 / 257 rows instead of 128
-        (and 197 columns for linear), halved by each pool in the same way.
+        Layer by layer, with shapes: `run_conv_stack` (which `PackedConvStack` shares).
         """
-        x = self.bn_in(logmel)  # (batch, 1, 128, 199)
-        x = torch.relu(self.bn1_1(self.conv1_1(x)))  # (batch, 64, 128, 199)
-        x = torch.relu(self.bn1_2(self.conv1_2(x)))  # (batch, 64, 128, 199)
-        x = self.pool(x)  # (batch, 64, 64, 99)
-        x = torch.relu(self.bn2_1(self.conv2_1(x)))  # (batch, 128, 64, 99)
-        x = torch.relu(self.bn2_2(self.conv2_2(x)))  # (batch, 128, 64, 99)
-        x = self.pool(x)  # (batch, 128, 32, 49)
-        x = torch.relu(self.bn3_1(self.conv3_1(x)))  # (batch, 256, 32, 49)
-        x = torch.relu(self.bn3_2(self.conv3_2(x)))  # (batch, 256, 32, 49)
-        x = self.pool(x)  # (batch, 256, 16, 24)
-        x = torch.relu(self.bn4_1(self.conv4_1(x)))  # (batch, 512, 16, 24)
-        x = self.audio_embedding_layer(x)  # (batch, 512, 16, 24): no BN or ReLU here
-        x = self.final_pool(x)  # (batch, 512, 1, 1) for 512, (batch, 512, 4, 3) for 6144
-        # Keras flattens channels last: (row, column, channel) -> index row*W*C + col*C + c.
-        x = x.permute(0, 2, 3, 1)  # (batch, 1, 1, 512) or (batch, 4, 3, 512)
-        return x.reshape(x.shape[0], -1)  # (batch, embedding_size)
+        bns = [self.bn1_1, self.bn1_2, self.bn2_1, self.bn2_2, self.bn3_1, self.bn3_2,
+               self.bn4_1]
+        return run_conv_stack(self, logmel, lambda i, conv, x, relu: (
+            torch.relu(bns[i](conv(x))) if relu else conv(x)))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Waveform frames ``(batch, 1, 48000)`` -> embeddings ``(batch, embedding_size)``."""
@@ -985,7 +972,7 @@ class PackedConvStack:
                 probe = torch.linspace(-80.0, 0.0, math.prod(model.input_shape)).reshape(
                     1, 1, *model.input_shape).contiguous(memory_format=torch.channels_last)
                 shapes: list[list[int]] = []
-                cls._run(model, probe, lambda i, conv, x, relu: (
+                run_conv_stack(model, probe, lambda i, conv, x, relu: (
                     shapes.append(list(x.shape)), _eager(conv, x, relu))[1])
                 packed = [torch._C._nn.mkldnn_reorder_conv2d_weight(
                     conv.weight.detach().contiguous().to_mkldnn(), [1, 1], [1, 1], [1, 1], 1,
@@ -1001,17 +988,6 @@ class PackedConvStack:
             logger.debug("openl3: no packed conv stack (%s)", err)
             return None
 
-    @staticmethod
-    def _run(model: OpenL3Model, x: torch.Tensor, conv_fn) -> torch.Tensor:
-        convs = _stack_convs(model)
-        x = model.bn_in(x)
-        for i, conv in enumerate(convs):
-            x = conv_fn(i, conv, x, i < len(convs) - 1)  # no ReLU after the embedding layer
-            if i in (1, 3, 5):
-                x = model.pool(x)
-        x = model.final_pool(x).permute(0, 2, 3, 1)  # Keras flattens channels last
-        return x.reshape(x.shape[0], -1)
-
     def __call__(self, logmel: torch.Tensor) -> torch.Tensor:
         """Same contract as `OpenL3Model.embed_logmel`."""
         pointwise = torch.ops.mkldnn._convolution_pointwise
@@ -1020,8 +996,34 @@ class PackedConvStack:
             return pointwise(x, self.weights[i], self.biases[i], [1, 1], [1, 1], [1, 1], 1,
                              "relu" if relu else "none", [], "")
 
-        return self._run(self.model, logmel.contiguous(memory_format=torch.channels_last),
-                         conv_fn)
+        return run_conv_stack(self.model, logmel.contiguous(memory_format=torch.channels_last),
+                              conv_fn)
+
+
+def run_conv_stack(model: OpenL3Model, x: torch.Tensor, conv_fn) -> torch.Tensor:
+    """The conv stack's layer order, with each conv (+ BN + ReLU) done by `conv_fn`.
+
+    ``conv_fn(i, conv, x, relu)`` runs the i-th conv and, if `relu`, what follows it (every
+    conv but the last, the embedding layer). Shapes for mel128 (mel256 and linear have 256 /
+    257 rows, and linear 197 columns, halved by each pool the same way)::
+
+        input BN             (batch, 1, 128, 199)
+        conv 1_1, 1_2, pool  (batch, 64, 128, 199) -> (batch, 64, 64, 99)
+        conv 2_1, 2_2, pool  (batch, 128, 64, 99) -> (batch, 128, 32, 49)
+        conv 3_1, 3_2, pool  (batch, 256, 32, 49) -> (batch, 256, 16, 24)
+        conv 4_1, embedding  (batch, 512, 16, 24), no BN or ReLU after the embedding layer
+        final pool           (batch, 512, 1, 1) for 512, (batch, 512, 4, 3) for 6144
+
+    Keras flattens channels last: (row, column, channel) -> index row*W*C + col*C + c.
+    """
+    convs = _stack_convs(model)
+    x = model.bn_in(x)
+    for i, conv in enumerate(convs):
+        x = conv_fn(i, conv, x, i < len(convs) - 1)
+        if i in (1, 3, 5):
+            x = model.pool(x)
+    x = model.final_pool(x).permute(0, 2, 3, 1)  # (batch, 1, 1, 512) or (batch, 4, 3, 512)
+    return x.reshape(x.shape[0], -1)  # (batch, embedding_size)
 
 
 def _stack_convs(model: OpenL3Model) -> list[nn.Conv2d]:
