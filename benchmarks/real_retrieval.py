@@ -18,22 +18,33 @@ Metrics, per query, averaged over queries (one query per track and transform):
 * ``source_p_at_5_others``: the same with the query's own track removed from the catalog
   first, so it measures "more by this composer" without the easy exact match.
 
+Two catalogs: ``all`` holds every kept track of the detection benchmark's six packages
+(`benchmarks.real_detection.PACKAGE_SPLITS`); ``issue4`` only those of the four packages the
+issue measured on (xmoto, extremetuxracer, lincity-ng, widelands), the scale of its numbers.
+Each catalog fits its own standardisation and whitening, on its catalog vectors only, never
+on queries.
+
 Embedders: ``baseline`` (MFCC-20 + chroma + spectral contrast, mean/std, standardised on the
-catalog, cosine; written here in ~20 lines), ``features`` (the shipped embedder, unchanged),
-``features2`` (`helpers.embed.FeatureEmbedder2`, its defaults: the blocks chosen greedily on
-the val queries by `greedy_blocks`), and ablations of the changes that lead
-from one to the other, each added one at a time. ``classifier`` is reported only when a
-trained run is given (``--run``). Catalog standardisation (and any whitening) is fitted on the
-catalog vectors only, never on queries.
+catalog, cosine; written here in ~20 lines), ``features (legacy)`` (what ``features`` was
+before: 93 descriptors at 22.05 kHz, `helpers.embed.LEGACY_FEATURE_PARAMS`), ``features``
+(the shipped default), the steps between them one at a time, and ``classifier`` when a
+trained run is given (``--run``).
 
-Selection: tracks are split in two halves, stratified by package (``val``/``test``, by a hash
-of the track name). Every setting was chosen on the ``val`` queries only (both transforms);
-the ``test`` queries are reported, never used to choose. The catalog searched holds all kept
-tracks in both cases (a query competes with every track).
+Selection, on the ``all`` catalog's ``val`` queries only (tracks split in two halves,
+stratified by package, by a hash of the track name); the criterion is the mean over both
+transforms of (track MRR + source P@5) / 2 (recall@5 alone saturates on val):
 
-CPU: decoded excerpts and frame descriptors are cached in ``_work/real_retrieval`` (keyed by
-track, excerpt and transform); a cold run decodes ~50 tracks and runs ~50 Griffin-Lim round
-trips (a few minutes on one core). Run from the repository root::
+1. analysis rate, on the 93 descriptors with within-track whitening over 3 segments:
+   22.05, 16 or 11.025 kHz x shrinkage (none, 0.01 ... 10); the best rate wins, and within
+   0.005 of it the higher rate (it keeps more of the music);
+2. at that rate: descriptor blocks (7 sets) x segments (3, 6) x shrinkage (none, 0.3, 1, 3).
+
+The ``test`` queries are reported, never used to choose.
+
+CPU: decoded excerpts and raw vectors are cached in ``_work/real_retrieval`` (keyed by
+track, excerpt and transform); a cold run decodes ~110 tracks, runs ~110 Griffin-Lim round
+trips and describes every excerpt at three rates (about 25 minutes on one core). Run from
+the repository root::
 
     python -m benchmarks.real_retrieval
 """
@@ -51,6 +62,7 @@ import librosa
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
@@ -62,12 +74,13 @@ from benchmarks.real_audio import (  # noqa: E402
     fetch_real_audio,
     package_versions,
 )
+from benchmarks.real_detection import PACKAGE_SPLITS  # noqa: E402
 from helpers.artifacts import apply_artifacts  # noqa: E402
 from helpers.audio import resample  # noqa: E402
 from helpers.embed import (  # noqa: E402
     FEATURE2_BLOCKS,
+    LEGACY_FEATURE_PARAMS,
     FeatureEmbedder,
-    FeatureEmbedder2,
     Standardizer,
     l2_normalise,
 )
@@ -75,7 +88,8 @@ from helpers.io import write_npy  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work" / "real_retrieval"
 RESULTS = Path(__file__).resolve().parent / "results" / "real_retrieval.json"
-PACKAGES = (*DEFAULT_PACKAGES, WIDELANDS)
+PACKAGES = tuple(PACKAGE_SPLITS)  # the detection benchmark's six
+ISSUE_PACKAGES = (*DEFAULT_PACKAGES, WIDELANDS)  # the four the issue measured on
 SR = 22_050
 EXCERPT_S = 30.0
 MIN_TRACK_S = 2 * EXCERPT_S  # two non-overlapping excerpts, one per half of the track
@@ -167,26 +181,41 @@ def standardised_cosine(catalog: np.ndarray, queries: np.ndarray) -> tuple[np.nd
     return l2_normalise(scaler.transform(catalog)), l2_normalise(scaler.transform(queries))
 
 
-def embedder_space(embedder, catalog: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The shipped embedder's own fit/transform on raw catalog and query vectors."""
-    embedder.fit(catalog)
-    return embedder.transform(catalog), embedder.transform(queries)
+#: Analysis settings per rate (about 23 ms hops): 22.05 kHz is the legacy one.
+RATES = {22050: {"n_fft": 2048, "hop_length": 512}, 16000: {"n_fft": 1024, "hop_length": 384},
+         11025: {"n_fft": 1024, "hop_length": 256}}
+STAGE1_SHRINKAGE = (None, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+STAGE2_BLOCKS = (("v1",), ("v1", "pct"), ("v1", "dmfcc"), ("v1", "tempogram"), ("v1", "mel"),
+                 ("v1", "dmfcc", "tempogram"), tuple(FEATURE2_BLOCKS))
+STAGE2_SEGMENTS = (3, 6)
+STAGE2_SHRINKAGE = (None, 0.3, 1.0, 3.0)
+RATE_TIE = 0.005  # within this of the best val score, the higher rate wins
 
 
-def variants() -> dict[str, dict]:
-    """FeatureEmbedder2 settings, one change at a time; ``features2`` is its default."""
-    return {
-        "features2[v1 descriptors only]": {"blocks": ("v1",), "block_weighting": False},
-        "features2[+percentiles]": {"blocks": ("v1", "pct"), "block_weighting": False},
-        "features2[+mfcc deltas]": {"blocks": ("v1", "dmfcc"), "block_weighting": False},
-        "features2[+mel bands]": {"blocks": ("v1", "mel"), "block_weighting": False},
-        "features2[+tempogram]": {"blocks": ("v1", "tempogram"), "block_weighting": False},
-        "features2[v1, block weighting]": {"blocks": ("v1",), "block_weighting": True},
-        "features2[all, block weighting]": {"blocks": tuple(FEATURE2_BLOCKS)},
-        "features2[all, no block weighting]": {"blocks": tuple(FEATURE2_BLOCKS),
-                                               "block_weighting": False},
-        "features2": {},  # the defaults: the greedy choice on val (greedy_blocks)
-    }
+def describer(sr: int, segments: int, blocks: tuple[str, ...] = tuple(FEATURE2_BLOCKS)
+              ) -> FeatureEmbedder:
+    """The embedder whose raw vectors the grid slices (its blocks, excerpt + segments)."""
+    return FeatureEmbedder(sr=sr, **RATES[sr], blocks=blocks, whitening=1.0, segments=segments)
+
+
+def slice_raw(raw: np.ndarray, source: FeatureEmbedder, target: FeatureEmbedder) -> np.ndarray:
+    """`source`'s raw vectors cut down to `target`'s (its blocks; segments if it whitens)."""
+    edges = np.cumsum([0, *(FEATURE2_BLOCKS[b] for b in source.blocks)])
+    cols = np.concatenate([np.arange(edges[i], edges[i + 1])
+                           for i, b in enumerate(source.blocks) if b in target.blocks])
+    parts = 1 + (source.segments if target.whitening is not None else 0)
+    if target.whitening is not None and target.segments != source.segments:
+        raise ValueError("segments differ")
+    return np.concatenate([raw[:, p * source.dim + cols] for p in range(parts)], axis=1)
+
+
+def feature_space(target: FeatureEmbedder, source: FeatureEmbedder):
+    """A space function: fit `target` on the sliced catalog, transform both sides."""
+    def space(catalog: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, ...]:
+        target.fit(slice_raw(catalog, source, target))
+        return (target.transform(slice_raw(catalog, source, target)),
+                target.transform(slice_raw(queries, source, target)))
+    return space
 
 
 # ------------------------------------------------------------------------------------------
@@ -196,21 +225,33 @@ def variants() -> dict[str, dict]:
 
 def retrieval_metrics(cat: np.ndarray, qry: np.ndarray, tracks: pd.DataFrame,
                       rows: np.ndarray) -> dict[str, float]:
-    """Track recall@5, source P@5 (own track counted) and P@5 with the own track removed."""
+    """Track recall@5 and MRR, source P@5 (own track counted) and P@5 without it."""
     sources = tracks.source.to_numpy()
     sims = qry[rows] @ cat.T  # (n_queries, n_catalog); query i's own track is catalog rows[i]
-    recall, p5, p5_other = [], [], []
+    recall, rr, p5, p5_other = [], [], [], []
     for i, own in enumerate(rows):
         order = np.argsort(-sims[i], kind="stable")
         top = order[:K]
         recall.append(own in top)
+        rr.append(1.0 / (1 + int(np.flatnonzero(order == own)[0])))
         p5.append(np.mean(sources[top] == sources[own]))
         others = order[order != own][:K]
         p5_other.append(np.mean(sources[others] == sources[own]))
     return {"track_recall_at_5": round(float(np.mean(recall)), 4),
+            "track_mrr": round(float(np.mean(rr)), 4),
             "source_p_at_5": round(float(np.mean(p5)), 4),
             "source_p_at_5_others": round(float(np.mean(p5_other)), 4),
             "n_queries": len(rows)}
+
+
+def val_score(space, raw: dict[str, np.ndarray], tracks: pd.DataFrame) -> float:
+    """The selection criterion on the val queries: mean over transforms of (MRR + P@5) / 2."""
+    rows = np.flatnonzero(tracks.half.to_numpy() == "val")
+    scores = []
+    for transform in TRANSFORMS:
+        m = retrieval_metrics(*space(raw["catalog"], raw[transform]), tracks, rows)
+        scores.append((m["track_mrr"] + m["source_p_at_5"]) / 2)
+    return round(float(np.mean(scores)), 4)
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,77 +268,100 @@ def raw_vectors(tracks: pd.DataFrame, fn, name: str) -> dict[str, np.ndarray]:
         if path.exists() and len(np.load(path)) == len(tracks):
             out[key] = np.load(path)
             continue
-        out[key] = np.stack([fn(cached_audio(t, half, transform)) for t in tracks.itertuples()])
+        out[key] = np.stack([fn(cached_audio(t, half, transform))
+                             for t in tqdm(list(tracks.itertuples()), desc=f"{name} {key}")])
         write_npy(path, out[key].astype(np.float32))
     return out
 
 
-def evaluate_all(tracks: pd.DataFrame, run_dir: Path | None) -> dict:
-    spaces = {"baseline": (baseline_raw, standardised_cosine, "baseline")}
+def described(tracks: pd.DataFrame, source: FeatureEmbedder) -> dict[str, np.ndarray]:
+    name = f"features_sr{source.sr}_seg{source.segments}_{'+'.join(source.blocks)}"
+    return raw_vectors(tracks, lambda y: source.embed_raw_audio(y, SR), name)
+
+
+def select_on_val(tracks: pd.DataFrame) -> dict:
+    """The two-stage grid of the module docstring, scored on the val queries only."""
+    stage1 = {}
+    for sr in RATES:
+        source = describer(sr, 3, ("v1",))
+        raw = described(tracks, source)
+        for lam in STAGE1_SHRINKAGE:
+            target = FeatureEmbedder(sr=sr, **RATES[sr], blocks=("v1",), whitening=lam,
+                                     segments=3)
+            stage1[f"{sr}/{lam}"] = val_score(feature_space(target, source), raw, tracks)
+    best_per_rate = {sr: max(v for k, v in stage1.items() if k.startswith(f"{sr}/"))
+                     for sr in RATES}
+    top = max(best_per_rate.values())
+    rate = max(sr for sr, v in best_per_rate.items() if v >= top - RATE_TIE)
+    stage2 = {}
+    for segments in STAGE2_SEGMENTS:
+        source = describer(rate, segments)
+        raw = described(tracks, source)
+        for blocks in STAGE2_BLOCKS:
+            for lam in STAGE2_SHRINKAGE:
+                if lam is None and segments != STAGE2_SEGMENTS[0]:
+                    continue  # no whitening: segments play no part
+                target = FeatureEmbedder(sr=rate, **RATES[rate], blocks=blocks, whitening=lam,
+                                         segments=segments)
+                key = f"{'+'.join(blocks)}/seg{segments}/{lam}"
+                stage2[key] = val_score(feature_space(target, source), raw, tracks)
+    chosen = max(stage2, key=stage2.get)
+    blocks, segments, lam = chosen.split("/")
+    choice = {"sr": rate, **RATES[rate], "blocks": blocks.split("+"),
+              "segments": int(segments[3:]), "whitening": None if lam == "None" else float(lam)}
     shipped = FeatureEmbedder()
-    spaces["features"] = (lambda y: shipped.embed_raw_audio(y, SR),
-                          lambda c, q: embedder_space(shipped, c, q), "features")
-    full = FeatureEmbedder2(blocks=tuple(FEATURE2_BLOCKS))  # every block; variants select
-    for label, kwargs in variants().items():
-        emb = FeatureEmbedder2(**kwargs)
-        spaces[label] = (lambda y: full.embed_raw_audio(y, SR),
-                         lambda c, q, e=emb: embedder_space(e, full.select(c, e),
-                                                            full.select(q, e)),
-                         "features2_full")
+    ships = {k: getattr(shipped, k) for k in choice}
+    ships["blocks"] = list(ships["blocks"])
+    return {"criterion": "mean over transforms of (track MRR + source P@5) / 2, val queries",
+            "stage1_rate_x_shrinkage": stage1, "stage1_best_per_rate": best_per_rate,
+            "rate": rate, "stage2_blocks_x_segments_x_shrinkage": stage2,
+            "chosen": choice, "val_score": stage2[chosen],
+            "shipped_default_is_the_choice": ships == choice}
+
+
+def spaces(tracks: pd.DataFrame, run_dir: Path | None) -> dict[str, tuple]:
+    """Each reported embedder: (raw vectors, space function)."""
+    out = {"baseline": (raw_vectors(tracks, baseline_raw, "baseline"), standardised_cosine)}
+    legacy = describer(22050, 3, ("v1",))
+    raw = described(tracks, legacy)
+    settings = {k: v for k, v in LEGACY_FEATURE_PARAMS.items() if k != "blocks"}
+    out["features (legacy)"] = (raw, feature_space(FeatureEmbedder(**settings,
+                                                                   blocks=("v1",)), legacy))
+    step = describer(16000, 3, ("v1",))
+    raw16 = described(tracks, step)
+    out["features (legacy) at 16 kHz"] = (raw16, feature_space(
+        FeatureEmbedder(blocks=("v1",), whitening=None), step))
+    out["features (legacy) at 16 kHz, whitened"] = (raw16, feature_space(
+        FeatureEmbedder(blocks=("v1",), whitening=1.0, segments=3), step))
+    shipped = FeatureEmbedder()
+    source = describer(shipped.sr, shipped.segments)
+    out["features"] = (described(tracks, source), feature_space(shipped, source))
     if run_dir is not None:
         from helpers.embed import ClassifierEmbedder  # torch model: only when asked
 
         clf = ClassifierEmbedder(run_dir)
-        spaces["classifier"] = (lambda y: clf.embed_raw_audio(y, SR),
-                                lambda c, q: (l2_normalise(c), l2_normalise(q)), "classifier")
-    halves = {h: np.flatnonzero(tracks.half.to_numpy() == h) for h in ("val", "test")}
-    halves["all"] = np.arange(len(tracks))
+        out["classifier"] = (raw_vectors(tracks, lambda y: clf.embed_raw_audio(y, SR),
+                                         f"classifier_{_seed(run_dir)}"),
+                             lambda c, q: (l2_normalise(c), l2_normalise(q)))
+    return out
+
+
+def evaluate_all(tracks: pd.DataFrame, run_dir: Path | None) -> list[dict]:
+    """Every embedder x catalog x transform x query half."""
+    catalogs = {"all": np.arange(len(tracks)),
+                "issue4": np.flatnonzero(tracks.source.isin(ISSUE_PACKAGES).to_numpy())}
     table = []
-    for label, (fn, space, cache_name) in spaces.items():
-        t0 = time.perf_counter()
-        raw = raw_vectors(tracks, fn, cache_name)
-        for transform in TRANSFORMS:
-            cat, qry = space(raw["catalog"], raw[transform])
-            for half, rows in halves.items():
-                table.append({"embedder": label, "transform": transform, "split": half,
-                              **retrieval_metrics(cat, qry, tracks, rows)})
-        print(f"{label}: {time.perf_counter() - t0:.1f} s", flush=True)
-    return {"table": table}
-
-
-def val_score(cat: np.ndarray, queries: dict[str, np.ndarray], tracks: pd.DataFrame) -> float:
-    """The selection criterion: mean of track R@5 and source P@5 over both transforms, val."""
-    rows = np.flatnonzero(tracks.half.to_numpy() == "val")
-    metrics = [retrieval_metrics(cat, q, tracks, rows) for q in queries.values()]
-    return float(np.mean([[m["track_recall_at_5"], m["source_p_at_5"]] for m in metrics]))
-
-
-def greedy_blocks(tracks: pd.DataFrame) -> dict:
-    """Forward selection of `FEATURE2_BLOCKS` (then weighting) on the val queries only."""
-    full = FeatureEmbedder2(blocks=tuple(FEATURE2_BLOCKS))
-    raw = {k: np.load(WORK / "vectors" / f"features2_full_{k}.npy")
-           for k in ("catalog", *TRANSFORMS)}
-
-    def score(blocks: tuple[str, ...], weighting: bool) -> float:
-        emb = FeatureEmbedder2(blocks=blocks, block_weighting=weighting)
-        emb.fit(full.select(raw["catalog"], emb))
-        return val_score(emb.transform(full.select(raw["catalog"], emb)),
-                         {t: emb.transform(full.select(raw[t], emb)) for t in TRANSFORMS},
-                         tracks)
-
-    chosen, best, steps = ("v1",), score(("v1",), True), []
-    while True:
-        trials = {b: score((*chosen, b), True) for b in FEATURE2_BLOCKS if b not in chosen}
-        steps.append({"blocks": list(chosen), "val_score": round(best, 4),
-                      "candidates": {b: round(v, 4) for b, v in trials.items()}})
-        if not trials or max(trials.values()) <= best:
-            break
-        add = max(trials, key=trials.get)
-        chosen, best = (*chosen, add), trials[add]
-    unweighted = score(chosen, False)
-    return {"blocks": list(chosen), "block_weighting": best >= unweighted,
-            "val_score": round(max(best, unweighted), 4),
-            "val_score_unweighted": round(unweighted, 4), "steps": steps}
+    for label, (raw, space) in spaces(tracks, run_dir).items():
+        for catalog, keep in catalogs.items():
+            sub = tracks.iloc[keep].reset_index(drop=True)
+            halves = {h: np.flatnonzero(sub.half.to_numpy() == h) for h in ("val", "test")}
+            for transform in TRANSFORMS:
+                cat, qry = space(raw["catalog"][keep], raw[transform][keep])
+                for half, rows in halves.items():
+                    table.append({"embedder": label, "catalog": catalog, "n_catalog": len(sub),
+                                  "transform": transform, "split": half,
+                                  **retrieval_metrics(cat, qry, sub, rows)})
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -308,23 +372,24 @@ def main(argv: list[str] | None = None) -> int:
     manifest = pd.read_csv(fetch_real_audio(AUDIO_DIR, PACKAGES))
     t0 = time.perf_counter()
     tracks, dropped = select_tracks(manifest)
-    result = evaluate_all(tracks, args.run)
-    result["greedy_selection_on_val"] = greedy_blocks(tracks)
-    print(result["greedy_selection_on_val"])
-    table = pd.DataFrame(result["table"])
-    print(table[table.split != "all"].to_string(index=False))
-    result.update({
+    selection = select_on_val(tracks)
+    print({k: v for k, v in selection.items() if not k.startswith("stage")}, flush=True)
+    table = evaluate_all(tracks, args.run)
+    frame = pd.DataFrame(table)
+    print(frame[frame.split == "test"].to_string(index=False))
+    result = {
+        "selection_on_val": selection,
+        "table": table,
         "protocol": __doc__.split("\n\n", 1)[1].split("CPU:")[0].strip(),
-        "selection": "settings chosen on the val queries (both transforms); test reported",
         "tracks": {"kept": len(tracks), "per_source": tracks.source.value_counts().to_dict(),
                    "per_split": tracks.half.value_counts().to_dict(),
                    "val": sorted(tracks.track_id[tracks.half == "val"]),
                    "dropped": dropped},
-        "classifier": ("reported" if args.run else
-                       "skipped: no trained run given (--run); none exists in this checkout"),
+        "classifier": (f"reported: run {args.run}" if args.run else
+                       "skipped: no trained run given (--run)"),
         "sources": package_versions(AUDIO_DIR, PACKAGES),
         "seconds": round(time.perf_counter() - t0, 1),
-    })
+    }
     write_result(RESULTS, result, config={"excerpt_s": EXCERPT_S, "sr": SR, "k": K,
                                           "transforms": list(TRANSFORMS),
                                           "run": str(args.run) if args.run else None})

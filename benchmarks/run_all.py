@@ -513,13 +513,15 @@ def _real_retrieval(d: dict) -> list[Row]:
         return _generic(d, "real retrieval")
     m, rows = machine_of(d), []
     test = [r for r in d["table"] if r.get("split") == "test"]
-    base = {r["transform"]: r for r in test if r["embedder"] == "baseline"}
+    base = {(r.get("catalog", "all"), r["transform"]): r for r in test
+            if r["embedder"] == "baseline"}
     for r in test:
-        b = base.get(r["transform"])
+        b = base.get((r.get("catalog", "all"), r["transform"]))
         if r["embedder"] == "baseline" or b is None:
             continue
         rows.append((
-            "real retrieval", f"`{r['embedder']}`, {r['transform']} queries: track recall@5, "
+            "real retrieval", f"`{r['embedder']}`, {r['transform']} queries, catalog of "
+                              f"{r.get('n_catalog', '?')} tracks: track recall@5, "
                               "source precision@5",
             f"{_num(r['track_recall_at_5'])}, {_num(r['source_p_at_5'])}",
             f"{_num(b['track_recall_at_5'])}, {_num(b['source_p_at_5'])}",

@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 
 from helpers.audio import read_audio
-from helpers.embed import FEATURE_NAMES, FeatureEmbedder
+from helpers.embed import FEATURE_NAMES, LEGACY_FEATURE_PARAMS, FeatureEmbedder
 from helpers.io import write_npy
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,9 @@ def clip_descriptors(y: np.ndarray, sr: int, seconds: float | None = None) -> np
     y = np.asarray(y, dtype=np.float32)
     if seconds is not None:
         y = y[: int(round(seconds * sr))]
-    return FeatureEmbedder(max_seconds=None).embed_raw_audio(y, sr)[_KEEP]
+    # the settings of the descriptors stored in runs (`OOD_FILE`), whatever the default
+    embedder = FeatureEmbedder(max_seconds=None, **LEGACY_FEATURE_PARAMS)
+    return embedder.embed_raw_audio(y, sr)[_KEEP]
 
 
 def file_descriptors(paths: Sequence[str | os.PathLike], seconds: float | None

@@ -18,15 +18,19 @@ from helpers.config import FrontEndConfig
 from helpers.embed import (
     FEATURE2_BLOCKS,
     FEATURE_NAMES,
+    LEGACY_FEATURE_PARAMS,
     ClassifierEmbedder,
     Embedder,
     FeatureEmbedder,
     FeatureEmbedder2,
     OpenL3Embedder,
+    Standardizer,
     default_embedder,
     embedder_from_config,
+    l2_normalise,
     make_embedder,
     same_space,
+    within_track_whitener,
 )
 from helpers.index import build_index, recommend
 from helpers.openl3 import get_audio_embedding, weights_path
@@ -72,14 +76,14 @@ def clips(tmp_path_factory):
 def fitted(clips):
     embedder = FeatureEmbedder(max_seconds=2.0)
     raw, ok, errors = embedder.embed_files(clips.values(), progress=False, raw=True)
-    assert ok.all() and not errors and raw.shape == (6, len(FEATURE_NAMES))
+    assert ok.all() and not errors and raw.shape == (6, embedder.raw_dim)
     return embedder.fit(raw)
 
 
 def test_feature_vectors_are_deterministic_and_unit_norm(fitted, clips):
     a = fitted.embed_file(clips["sine_440"])
     b = fitted.embed_file(clips["sine_440"])
-    assert a.dtype == np.float32 and a.shape == (fitted.dim,) == (93,)
+    assert a.dtype == np.float32 and a.shape == (fitted.dim,) == (sum(FEATURE2_BLOCKS.values()),)
     np.testing.assert_array_equal(a, b)
     assert np.linalg.norm(a) == pytest.approx(1.0, abs=1e-5)
 
@@ -114,7 +118,7 @@ def test_awkward_audio_gives_finite_vectors_or_is_skipped(fitted, tmp_path):
     names = ["stereo_44k.wav", "silent.wav", "short.wav", "empty.wav", "garbage.wav"]
     vectors, ok, errors = fitted.embed_files([tmp_path / n for n in names], progress=False)
     assert ok.tolist() == [True, True, True, False, False]
-    assert np.isfinite(vectors).all() and vectors.shape == (3, 93)
+    assert np.isfinite(vectors).all() and vectors.shape == (3, fitted.dim)
     assert [Path(p).name for p, _ in errors] == ["empty.wav", "garbage.wav"]
 
 
@@ -271,6 +275,69 @@ def test_make_embedder_by_name():
         make_embedder("word2vec")
 
 
+# -- within-track whitening, and the legacy features space ------------------------------------
+
+
+def test_within_track_whitening_finds_other_excerpts_of_a_track_where_standardising_fails():
+    # 60 tracks in 12 dims; dims 0-5 wander inside a track (sd 3), dims 6-11 tell tracks
+    # apart (sd 1 between, 0.1 inside). Catalog and query are different excerpts.
+    rng = np.random.default_rng(0)
+    n, d, segments = 60, 12, 6
+    centres = rng.normal(size=(n, d))
+    inside = np.r_[np.full(6, 3.0), np.full(6, 0.1)]
+
+    def excerpts(k: int) -> np.ndarray:
+        return centres[:, None] + rng.normal(size=(n, k, d)) * inside
+
+    parts, queries = excerpts(segments), excerpts(1)[:, 0]
+    catalog = parts.mean(1)
+    scaler = Standardizer().fit(catalog)
+    z = scaler.transform(parts.reshape(-1, d)).reshape(parts.shape).astype(np.float64)
+    whitener = within_track_whitener(z, shrinkage=0.1)
+    assert np.allclose(whitener, whitener.T)
+
+    def recall_at_1(w: np.ndarray) -> float:
+        cat = l2_normalise(scaler.transform(catalog) @ w)
+        qry = l2_normalise(scaler.transform(queries) @ w)
+        return float(np.mean(np.argmax(qry @ cat.T, axis=1) == np.arange(n)))
+
+    assert recall_at_1(whitener) >= 0.9 > 0.5 >= recall_at_1(np.eye(d))
+    assert np.array_equal(within_track_whitener(np.zeros((4, 3, d)), 1.0), np.eye(d))
+
+
+def test_features_raw_vector_carries_each_segment_and_the_whitener_round_trips(clips, tmp_path):
+    # first half a tone, second half noise: the two segments' timbre must differ, and each
+    # must match its half described alone (up to the frames that straddle the cut)
+    tone_half, _ = sf.read(clips["sine_440"], dtype="float32")
+    noise_half, _ = sf.read(clips["noise_a"], dtype="float32")
+    y = np.concatenate([tone_half, noise_half])
+    embedder = FeatureEmbedder(max_seconds=None, blocks=("v1",), segments=2)
+    raw = embedder.embed_raw_audio(y, SR)
+    assert raw.shape == (embedder.raw_dim,) == (3 * 93,)
+    mfcc_means = raw.reshape(3, 93)[:, :20]
+    alone = FeatureEmbedder(max_seconds=None, blocks=("v1",), whitening=None)
+    for part, half in ((1, tone_half), (2, noise_half)):
+        np.testing.assert_allclose(mfcc_means[part], alone.embed_raw_audio(half, SR)[:20],
+                                   rtol=0.05, atol=2.0)
+    assert np.abs(mfcc_means[1] - mfcc_means[2]).max() > 20
+    with pytest.raises(ValueError, match="columns"):
+        embedder.fit(np.zeros((4, 93)))
+    with pytest.raises(ValueError, match="whitener"):
+        alone.set_state(FeatureEmbedder(blocks=("v1",), segments=2)
+                        .fit(np.stack([raw, raw * 1.1, raw * 0.9])).get_state())
+
+
+def test_an_index_config_from_before_whitening_rebuilds_the_legacy_space(clips):
+    legacy = FeatureEmbedder(max_seconds=2.0, **LEGACY_FEATURE_PARAMS)
+    raw, _, _ = legacy.embed_files(clips.values(), progress=False, raw=True)
+    config = legacy.fit(raw).config()
+    # exactly the keys an index written before whitening and blocks holds
+    assert set(config["params"]) == {"sr", "max_seconds", "n_fft", "hop_length", "features"}
+    rebuilt = embedder_from_config(config)
+    assert rebuilt.whitening is None and rebuilt.blocks == ("v1",) and rebuilt.sr == 22050
+    np.testing.assert_array_equal(rebuilt.transform(raw), legacy.transform(raw))
+
+
 # -- features2: more descriptors and pooling, an opt-in embedder ----------------------------------
 
 
@@ -279,8 +346,8 @@ def test_features2_starts_with_the_features_vector_and_selects_blocks(clips):
     full = FeatureEmbedder2(blocks=tuple(FEATURE2_BLOCKS), max_seconds=2.0)
     raw = full.embed_raw_audio(y, sr)
     assert raw.shape == (sum(FEATURE2_BLOCKS.values()),) and np.isfinite(raw).all()
-    np.testing.assert_allclose(raw[:len(FEATURE_NAMES)],
-                               FeatureEmbedder(max_seconds=2.0).embed_raw_audio(y, sr))
+    legacy = FeatureEmbedder(max_seconds=2.0, **LEGACY_FEATURE_PARAMS)
+    np.testing.assert_allclose(raw[:len(FEATURE_NAMES)], legacy.embed_raw_audio(y, sr))
     only = FeatureEmbedder2(blocks=("tempogram", "dmfcc"), max_seconds=2.0)
     np.testing.assert_allclose(full.select(raw[None], only)[0], only.embed_raw_audio(y, sr),
                                rtol=1e-5, atol=1e-6)
@@ -313,7 +380,8 @@ def test_features2_separates_timbres_and_rebuilds_from_its_index_config(clips):
     rebuilt = embedder_from_config(embedder.config())
     assert isinstance(rebuilt, FeatureEmbedder2) and rebuilt.blocks == embedder.blocks
     np.testing.assert_allclose(rebuilt.transform(raw), vectors, atol=1e-6)
-    assert embedder.config() != FeatureEmbedder(max_seconds=2.0).fit(raw[:, :93]).config()
+    legacy = FeatureEmbedder(max_seconds=2.0, **LEGACY_FEATURE_PARAMS)
+    assert embedder.config() != legacy.fit(raw[:, :93]).config()
 
 
 # -- one audio policy for the catalog and for queries ------------------------------------------
