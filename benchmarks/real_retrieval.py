@@ -238,10 +238,21 @@ def retrieval_metrics(cat: np.ndarray, qry: np.ndarray, tracks: pd.DataFrame,
         others = order[order != own][:K]
         p5_other.append(np.mean(sources[others] == sources[own]))
     return {"track_recall_at_5": round(float(np.mean(recall)), 4),
+            "track_recall_at_5_ci95": bootstrap_ci(recall),
             "track_mrr": round(float(np.mean(rr)), 4),
             "source_p_at_5": round(float(np.mean(p5)), 4),
+            "source_p_at_5_ci95": bootstrap_ci(p5),
             "source_p_at_5_others": round(float(np.mean(p5_other)), 4),
             "n_queries": len(rows)}
+
+
+def bootstrap_ci(per_query: list, resamples: int = 2000) -> list[float]:
+    """95 % percentile-bootstrap interval of a mean over queries (which tracks were drawn
+    is the noise here: retrieval itself is deterministic)."""
+    values = np.asarray(per_query, dtype=float)
+    draws = np.random.default_rng(0).integers(0, len(values), (resamples, len(values)))
+    low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def val_score(space, raw: dict[str, np.ndarray], tracks: pd.DataFrame) -> float:

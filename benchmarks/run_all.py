@@ -162,7 +162,8 @@ def machine_of(data: dict) -> str:
             or data.get("load_average_at_end") or m.get("load_average"))
     parts = []
     if device and device != "cpu":
-        parts.append(str(device))
+        gpu = m.get("gpu") or (data.get("device_name") if device == "cuda" else None)
+        parts.append(f"{device} ({gpu})" if gpu else str(device))
     if cpus:
         parts.append(f"{cpus} CPU" + (f" {cpu}" if cpu else ""))
     elif cpu:
