@@ -189,6 +189,35 @@ def t_real_detection() -> str:
             + _curve_table(m.get("learning_curve")))
 
 
+def t_real_retrieval() -> str:
+    m = _load(BENCH / "real_retrieval.json")
+    if m is None:
+        return _missing("benchmarks/results/real_retrieval.json")
+    sel = m["selection_on_val"]
+    chosen = sel["chosen"]
+    head = (f"Chosen on the val queries (criterion: {sel['criterion']}): analysis at "
+            f"{chosen['sr']} Hz, blocks {', '.join(chosen['blocks'])}, whitening "
+            f"{chosen['whitening']} over {chosen['segments']} segments (val score "
+            f"{sel['val_score']:.3f}); the shipped default is this choice: "
+            f"{'yes' if sel['shipped_default_is_the_choice'] else '**no**'}. Test queries, "
+            "read once; recall and precision with 95 % bootstrap intervals over queries.\n\n")
+    rows = []
+    for r in m["table"]:
+        if r["split"] != "test":
+            continue
+        ci_r, ci_p = r.get("track_recall_at_5_ci95"), r.get("source_p_at_5_ci95")
+        rows.append([f"`{r['embedder']}`", f"{r['n_catalog']}", r["transform"],
+                     f"{r['track_recall_at_5']:.2f}" + (f" [{ci_r[0]:.2f}, {ci_r[1]:.2f}]"
+                                                        if ci_r else ""),
+                     f"{r['track_mrr']:.2f}",
+                     f"{r['source_p_at_5']:.2f}" + (f" [{ci_p[0]:.2f}, {ci_p[1]:.2f}]"
+                                                    if ci_p else ""),
+                     f"{r['source_p_at_5_others']:.2f}", str(r["n_queries"])])
+    return (_source("real_retrieval.json", m) + head
+            + _table(["embedder", "catalog tracks", "queries", "track recall@5", "track MRR",
+                      "source P@5", "source P@5, own track removed", "test queries"], rows))
+
+
 def _curve_table(curve: dict | None) -> str:
     if not curve:
         return ""
@@ -371,6 +400,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "demo_recommendations": t_demo_recommendations,
     "openl3_parity": t_openl3_parity,
     "real_detection": t_real_detection,
+    "real_retrieval": t_real_retrieval,
     "robustness": t_robustness,
     "real_robustness": t_real_robustness,
     "end_to_end": t_end_to_end,
