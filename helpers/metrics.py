@@ -179,15 +179,31 @@ def sigmoid(x: Any) -> np.ndarray:
 
 
 def binary_nll(logits: Any, y: Any, temperature: float = 1.0) -> float:
-    """Mean binary cross-entropy of ``sigmoid(logits / temperature)``."""
+    """Mean binary cross-entropy of ``sigmoid(logits / temperature)`` against targets `y` in
+    [0, 1] (hard labels or `platt_targets`)."""
     z = np.asarray(logits, dtype=float).ravel() / temperature
     y = np.asarray(y, dtype=float).ravel()
     # -[y log s(z) + (1-y) log(1-s(z))] = logaddexp(0, z) - y z
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
+def platt_targets(y: Any) -> np.ndarray:
+    """Platt's (1999) smoothed calibration targets: ``(N+ + 1) / (N+ + 2)`` for AI clips and
+    ``1 / (N- + 2)`` for human ones, instead of 1 and 0.
+
+    On a validation set the model separates perfectly (small sets often are), hard targets
+    make the NLL fall without end as the temperature goes to 0, and every probability
+    saturates at 0 or 1; these targets keep a finite temperature, and they tend to 1 and 0 as
+    the set grows.
+    """
+    yy = np.asarray(y, dtype=float).ravel()
+    n_pos, n_neg = float(yy.sum()), float(len(yy) - yy.sum())
+    return np.where(yy > 0.5, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+
+
 def fit_temperature(logits: Any, y: Any) -> float:
-    """Temperature scaling: the ``T > 0`` minimising the NLL of ``sigmoid(logits / T)``.
+    """Temperature scaling: the ``T > 0`` minimising the NLL of ``sigmoid(logits / T)``
+    against `platt_targets` (so a separable validation set gives a finite ``T``).
 
     One scalar, so the ranking (ROC-AUC) is unchanged; only the confidence is rescaled.
     Searched over ``log T`` in ``[-4, 4]`` (T from 0.018 to 55).
@@ -208,8 +224,9 @@ def fit_temperature(logits: Any, y: Any) -> float:
     yy = np.asarray(y, dtype=float).ravel()
     if z.size == 0 or len(np.unique(yy)) < 2:
         return 1.0
+    targets = platt_targets(yy)
     res = minimize_scalar(
-        lambda log_t: binary_nll(z, yy, float(np.exp(log_t))),
+        lambda log_t: binary_nll(z, targets, float(np.exp(log_t))),
         bounds=(-4.0, 4.0),
         method="bounded",
         options={"xatol": 1e-6},

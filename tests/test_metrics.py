@@ -20,6 +20,7 @@ from helpers.metrics import (
     choose_threshold_max_f1,
     expected_calibration_error,
     fit_temperature,
+    platt_targets,
     reliability_curve,
     sigmoid,
     subgroup_metrics,
@@ -90,6 +91,19 @@ def test_temperature_scaling_lowers_nll_on_overconfident_logits():
     assert t == pytest.approx(4.0, rel=0.15)
     assert binary_nll(overconfident, y, t) < binary_nll(overconfident, y) - 0.1
     assert fit_temperature(overconfident, np.ones(4000)) == 1.0  # one class: nothing to fit
+
+
+def test_a_separable_validation_set_gets_a_finite_temperature():
+    # 8 human and 8 AI clips, perfectly separated: hard targets drive T to its lower bound
+    # (every probability 0 or 1); Platt's targets stop where sigmoid(z / T) ~ 9/10 and 1/10
+    logits = np.r_[np.linspace(-9, -4, 8), np.linspace(4, 9, 8)]
+    y = np.r_[np.zeros(8), np.ones(8)]
+    hard = min(np.exp(np.linspace(-4, 4, 801)), key=lambda t: binary_nll(logits, y, t))
+    assert hard == pytest.approx(np.exp(-4))
+    np.testing.assert_allclose(platt_targets(y), np.r_[np.full(8, 0.1), np.full(8, 0.9)])
+    t = fit_temperature(logits, y)
+    p = sigmoid(logits / t)
+    assert 1.5 < t < 10 and 0.8 < p[y == 1].mean() < 0.99 and 0.01 < p[y == 0].mean() < 0.2
 
 
 def test_ece_is_near_zero_for_calibrated_probabilities():
