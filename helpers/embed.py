@@ -232,6 +232,11 @@ class Embedder:
         """Raw descriptor of a mono signal, shape (dim,), before `transform`."""
         raise NotImplementedError
 
+    @property
+    def raw_dim(self) -> int:
+        """Width of a raw vector (`embed_raw_audio`); `dim` unless the embedder says more."""
+        return self.dim
+
     # -- fitted state (no-ops for embedders without state) ----------------------------------
     @property
     def is_fitted(self) -> bool:
@@ -381,7 +386,7 @@ class Embedder:
             except _FILE_ERRORS as err:
                 log.warning("skipping %s: %s", path, err)
                 errors.append((path, str(err)))
-        vectors = np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        vectors = np.stack(rows) if rows else np.zeros((0, self.raw_dim), dtype=np.float32)
         return (vectors if raw else self.transform(vectors)), ok, errors
 
     def _require_fitted(self) -> None:

@@ -782,6 +782,7 @@ class _Partial:
     def __init__(self, folder: Path, embedder: Embedder) -> None:
         self.folder = folder
         self.spec = {k: v for k, v in vector_space(embedder.config()).items() if k != "state"}
+        self.raw_dim = embedder.raw_dim
 
     def load(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Done paths -> raw vector, failed paths -> error, from earlier runs."""
@@ -821,7 +822,7 @@ class _Partial:
             buf,
             ok_paths=np.array(ok_paths, dtype=str),
             vectors=(np.stack(raw).astype(np.float32) if raw
-                     else np.zeros((0, self.spec["dim"]), np.float32)),
+                     else np.zeros((0, self.raw_dim), np.float32)),
             bad_paths=np.array([p for p, _ in errors], dtype=str),
             bad_errors=np.array([e for _, e in errors], dtype=str),
         )
