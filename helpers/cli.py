@@ -323,7 +323,8 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--embedder", default="auto", choices=["auto", "openl3", "features",
                                                           "classifier"],
-                   help="auto: openl3 when its weights are cached, else features")
+                   help="auto: openl3 when its weights are cached, else features (classic "
+                   "descriptors standardised and whitened on the catalog; no weights needed)")
     p.add_argument("--run", default=None, help="run folder, for --embedder classifier")
     p.add_argument("--label", default="human", choices=["human", "ai", "all"],
                    help="which clips go into the catalog (default: human)")
