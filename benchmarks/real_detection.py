@@ -91,7 +91,7 @@ from helpers.io import atomic_path, read_json, write_npy  # noqa: E402
 from helpers.metrics import choose_threshold_max_f1, threshold_for_fpr  # noqa: E402
 from helpers.perturb import apply_perturbation, perturbation_rng  # noqa: E402
 from helpers.run import load_run, predict_logits  # noqa: E402
-from helpers.train import TrainConfig, train  # noqa: E402
+from helpers.train import TrainConfig, calibrate, train  # noqa: E402
 from helpers.twins import FAMILIES, TwinConfig, make_twins, select  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work" / "real_detection"
@@ -217,8 +217,13 @@ def _cache() -> Path:
 
 
 def _net_scorer(run_dir: Path) -> _Scorer:
+    """A trained run, calibrated from its stored validation logits by today's `calibrate`
+    (a cached run may predate a change to calibration; its weights do not depend on it)."""
     model, info = load_run(run_dir)
-    temperature = float(info["temperature"])
+    val = pd.read_csv(run_dir / "val_predictions.csv")
+    cal = calibrate(val["logit"].to_numpy(), (val["label"] == "ai").to_numpy(float),
+                    float(info["train_config"]["target_fpr"]))
+    temperature = cal.temperature
 
     def score(paths: list[str]) -> np.ndarray:
         ds = CacheDataset(_cache(), pd.DataFrame({"path": paths, "label": "human"}))
@@ -227,8 +232,7 @@ def _net_scorer(run_dir: Path) -> _Scorer:
         mels = np.stack([ds[i][0].numpy() for i in range(len(ds))])
         return 1 / (1 + np.exp(-predict_logits(model, mels) / temperature))
 
-    return _Scorer(score, {"val_max_f1": info["threshold"],
-                           "val_fpr_5pct": info["thresholds"]["fpr"]})
+    return _Scorer(score, {"val_max_f1": cal.threshold, "val_fpr_5pct": cal.fpr_threshold})
 
 
 def train_net(frame: pd.DataFrame, name: str, kind: str, seed: int) -> Path:

@@ -951,8 +951,8 @@ def _train_epoch(t: _Trainer, cfg: TrainConfig, epoch: int, progress: bool) -> t
 
 
 @dataclass
-class _Calibration:
-    """Validation logits of the best epoch and what is fitted on them."""
+class Calibration:
+    """Validation logits of the best epoch and what is fitted on them (`calibrate`)."""
 
     logits: np.ndarray
     y: np.ndarray
@@ -962,14 +962,30 @@ class _Calibration:
     fpr_threshold: float
 
 
-def _calibrate(t: _Trainer, prep: _Prepared) -> _Calibration:
+def calibrate(logits: np.ndarray, y: np.ndarray, target_fpr: float) -> Calibration:
+    """Temperature, max-F1 threshold and FPR threshold from validation logits alone.
+
+    Parameters
+    ----------
+    logits : np.ndarray, shape (n,)
+        Validation logits (a run keeps them in ``val_predictions.csv``).
+    y : np.ndarray, shape (n,)
+        1 for AI, 0 for human.
+    target_fpr : float
+        FPR on human clips the second threshold allows (`TrainConfig.target_fpr`).
+    """
+    logits, y = np.asarray(logits, float), np.asarray(y, float)
+    temperature = fit_temperature(logits, y)
+    p = sigmoid(logits / temperature)
+    return Calibration(logits, y, temperature, p, choose_threshold_max_f1(y, p),
+                       threshold_for_fpr(y, p, target_fpr))
+
+
+def _calibrate(t: _Trainer, prep: _Prepared) -> Calibration:
     """Best weights back in; temperature and both thresholds fitted on validation only."""
     t.model.load_state_dict(load_checkpoint(prep.run_dir / "best.pt", t.device)["model"])
     logits, y = _predict_logits(t.model, t.val_loader, t.device, prep.config.amp)
-    temperature = fit_temperature(logits, y)
-    p = sigmoid(logits / temperature)
-    return _Calibration(logits, y, temperature, p, choose_threshold_max_f1(y, p),
-                        threshold_for_fpr(y, p, prep.config.target_fpr))
+    return calibrate(logits, y, prep.config.target_fpr)
 
 
 def _fit_ood(prep: _Prepared) -> dict[str, Any] | None:
@@ -994,7 +1010,7 @@ def _fit_ood(prep: _Prepared) -> dict[str, Any] | None:
     return info
 
 
-def _write(prep: _Prepared, t: _Trainer, cal: _Calibration, t_start: float,
+def _write(prep: _Prepared, t: _Trainer, cal: Calibration, t_start: float,
            ood: dict[str, Any] | None) -> None:
     """``val_predictions.csv`` and ``run.json``."""
     write_csv(prep.run_dir / "val_predictions.csv", prep.val_ds.frame[
