@@ -36,6 +36,7 @@ from helpers.run import load_run, read_splits
 from helpers.train import (
     TrainConfig,
     augment,
+    calibrate,
     carve_val_split,
     make_train_loader,
     prepare_batch,
@@ -170,6 +171,17 @@ def test_resume_after_interruption_gives_identical_weights(corpus, cache_dir, fi
     h_full = pd.read_csv(finished_run / "history.csv")
     h_res = pd.read_csv(out / "history.csv")
     pd.testing.assert_series_equal(h_full["train_loss"], h_res["train_loss"])
+
+
+def test_calibrate_from_stored_val_logits_reproduces_the_run(finished_run):
+    # what benchmarks recompute for cached runs must equal what training stored
+    info = json.loads((finished_run / "run.json").read_text())
+    val = pd.read_csv(finished_run / "val_predictions.csv")
+    cal = calibrate(val["logit"].to_numpy(), (val["label"] == "ai").to_numpy(float),
+                    info["train_config"]["target_fpr"])
+    assert cal.temperature == pytest.approx(info["temperature"], rel=1e-6)
+    assert cal.threshold == pytest.approx(info["threshold"], rel=1e-6)
+    assert cal.fpr_threshold == pytest.approx(info["thresholds"]["fpr"], rel=1e-6)
 
 
 def test_stored_temperature_minimises_validation_nll(finished_run):
