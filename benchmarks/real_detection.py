@@ -37,6 +37,10 @@ The protocol (every choice below was fixed before the first test number was read
   and pitch +-1 semitone (both classes perturbed alike). Reported: ROC-AUC, PR-AUC, and the
   false-positive rate on human music at the threshold chosen on validation (max F1), and at
   the validation threshold for 5 % FPR. Mean and 95 % t-interval over ``--seeds``.
+* **Learning curve.** Model 1 and the LR baseline on the Griffin-Lim family, paired, with
+  `CURVE_SIZES` training tracks (each seed its own subset). Past the 34 tracks of the train
+  packages, the pool adds `CURVE_PACKAGES` (three more soundtracks, train only), so it shows
+  whether more music, and more composers, close the gap to the baseline.
 * **Targets** (issue 11): clean ROC-AUC >= 0.99 per family, worst perturbed >= 0.95, FPR
   <= 5 %, and >= 0.75 for every family not seen in training. They are only compared with the
   means; no setting depends on them.
@@ -106,10 +110,16 @@ PACKAGE_SPLITS = {
     "lincity-ng-data": "test",
     "warzone2100-music": "test",
 }
-MUSIC_DIRS = ("/music/", "/Musics/")
+MUSIC_DIRS = ("/music/", "/Musics/", "/Music/")
 MIN_TRACK_S = 60.0  # two 30 s excerpts (the unpaired design)
 PERTURBATIONS = ("mp3_128", "pitch-1", "pitch+1")
-CURVE_SIZES = (8, 16, 34)  # training tracks of the learning curve (34: all of them)
+#: Training tracks of the learning curve: subsets of the train packages (34: all of them),
+#: then past them with `CURVE_PACKAGES` (86: every track of both).
+CURVE_SIZES = (8, 16, 34, 60, 86)
+#: More training composers for the learning curve's largest sizes only (the main table
+#: trains on `PACKAGE_SPLITS`' train packages): three more game soundtracks, never in val
+#: or test, so the curve can go past 80 training tracks as the issue asks.
+CURVE_PACKAGES = ("hedgewars-data", "freedroidrpg-data", "flare-game")
 MODELS = ("spectttra", "vit", "lr", "deviation")
 FEATURE_MODELS = ("lr", "deviation")
 TARGETS = {"clean_roc_auc": 0.99, "perturbed_roc_auc": 0.95, "fpr_on_human": 0.05,
@@ -128,9 +138,10 @@ def training_sets() -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------
 
 
-def human_tracks() -> tuple[pd.DataFrame, list[dict]]:
-    """The music tracks of `PACKAGE_SPLITS`, split by package, and the dropped ones."""
-    manifest = pd.read_csv(fetch_real_audio(AUDIO_DIR, list(PACKAGE_SPLITS)))
+def human_tracks(packages: dict[str, str] = PACKAGE_SPLITS
+                 ) -> tuple[pd.DataFrame, list[dict]]:
+    """The music tracks of `packages` (package: split), split by package, and the dropped."""
+    manifest = pd.read_csv(fetch_real_audio(AUDIO_DIR, list(packages)))
     kept, dropped = [], []
     for row in manifest.to_dict("records"):
         if not any(d in row["path"] for d in MUSIC_DIRS):
@@ -140,14 +151,15 @@ def human_tracks() -> tuple[pd.DataFrame, list[dict]]:
                             "why": f"shorter than {MIN_TRACK_S:.0f} s (a jingle or stinger)"})
             continue
         kept.append({**row, "path": str((AUDIO_DIR / row["path"]).resolve()),
-                     "split": PACKAGE_SPLITS[row["source"]]})
+                     "split": packages[row["source"]]})
     return pd.DataFrame(kept), dropped
 
 
-def twins(tracks: pd.DataFrame, design: str, autoencoder: Path | None) -> pd.DataFrame:
+def twins(tracks: pd.DataFrame, design: str, autoencoder: Path | None,
+          families: tuple[str, ...] = FAMILIES, name: str | None = None) -> pd.DataFrame:
     """The twins manifest of one design (made once, resumed when interrupted)."""
-    out = WORK / f"twins_{design}"
-    config = TwinConfig(design=design)
+    out = WORK / (name or f"twins_{design}")
+    config = TwinConfig(design=design, families=families)
     settings = {"config": config.to_dict(), "tracks": sorted(tracks["track_id"]),
                 "autoencoder": str(autoencoder)}
     # Files are written one by one, atomically, and make_twins makes only what is missing: a
@@ -359,25 +371,30 @@ def _train_job(job: tuple[pd.DataFrame, str, str, int]) -> Path:
     return train_net(*job)
 
 
-def learning_curve(frame: pd.DataFrame, seeds: list[int], jobs: int,
+def learning_curve(frame: pd.DataFrame, extra: pd.DataFrame, seeds: list[int], jobs: int,
                    family: str = "griffin_lim") -> dict[str, Any]:
     """Model 1 and the LR baseline on `family` with `CURVE_SIZES` training tracks.
 
-    Each seed draws its own subset of the training tracks (the validation and test splits
-    stay whole); the full size reuses the main runs.
+    Up to the train packages' own count, each seed draws its own subset of their tracks;
+    that count itself reuses the main runs. Larger sizes draw from them plus `extra` (twins
+    of `CURVE_PACKAGES`' tracks, all train). The validation and test splits stay whole.
     """
     fit_all = select(frame[frame["split"].isin(["train", "val"])], [family])
     tracks = sorted(fit_all.loc[fit_all["split"] == "train", "track_id"].unique())
+    wider = pd.concat([fit_all, select(extra[extra["split"] == "train"], [family])],
+                      ignore_index=True)
+    more = sorted(wider.loc[wider["split"] == "train", "track_id"].unique())
     test = select(frame[frame["split"] == "test"], [family])
     fits = {}
     for n in CURVE_SIZES:
         for seed in seeds:
-            if n >= len(tracks):
-                fits[(len(tracks), seed)] = (fit_all, f"paired/{family}")
+            if n == len(tracks):
+                fits[(n, seed)] = (fit_all, f"paired/{family}")
                 continue
-            picked = np.random.default_rng(seed).choice(tracks, n, replace=False)
-            fit = fit_all[(fit_all["split"] == "val") | fit_all["track_id"].isin(picked)]
-            fits[(n, seed)] = (fit, f"paired/curve_{family}_{n}")
+            pool, rows = (tracks, fit_all) if n < len(tracks) else (more, wider)
+            picked = np.random.default_rng(seed).choice(pool, min(n, len(pool)), replace=False)
+            fit = rows[(rows["split"] == "val") | rows["track_id"].isin(picked)]
+            fits[(len(picked), seed)] = (fit, f"paired/curve_{family}_{len(picked)}")
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_train_job, [(fit, name, "spectttra", seed)
                                    for (n, seed), (fit, name) in fits.items()]))
@@ -459,8 +476,15 @@ def main(argv: list[str] | None = None) -> int:
         sets = training_sets() if design == "paired" else {f: [f] for f in FAMILIES}
         results[design] = run_design(frames[design], design, sets, args.models, args.seeds,
                                      args.vit_seeds, args.jobs)
-    curve = (learning_curve(frames["paired"], args.seeds, args.jobs)
-             if "paired" in args.designs and "spectttra" in args.models else None)
+    curve = None
+    if "paired" in args.designs and "spectttra" in args.models:
+        extra_tracks, _ = human_tracks(dict.fromkeys(CURVE_PACKAGES, "train"))
+        extra = twins(extra_tracks, "paired", None, families=("griffin_lim",),
+                      name="twins_curve_paired")
+        curve = learning_curve(frames["paired"], extra, args.seeds, args.jobs)
+        curve["main_train_tracks"] = int((tracks["split"] == "train").sum())
+        curve["extra_packages"] = package_versions(AUDIO_DIR, list(CURVE_PACKAGES))
+        curve["extra_tracks"] = sorted(extra_tracks["track_id"])
     split_table = tracks.groupby(["split", "source"]).agg(
         tracks=("track_id", "size"), minutes=("seconds", lambda s: round(s.sum() / 60, 1)))
     payload = {

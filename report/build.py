@@ -221,10 +221,15 @@ def t_real_retrieval() -> str:
 def _curve_table(curve: dict | None) -> str:
     if not curve:
         return ""
-    rows = [[n, _fmt_interval(v["spectttra"]), _fmt_interval(v["lr"])]
-            for n, v in curve["training_tracks"].items()]
+    sizes = sorted(curve["training_tracks"], key=int)  # the results file sorts keys as text
+    rows = [[n, _fmt_interval(curve["training_tracks"][n]["spectttra"]),
+             _fmt_interval(curve["training_tracks"][n]["lr"])] for n in sizes]
+    extra = curve.get("extra_packages")
+    wider = (f"; past {curve.get('main_train_tracks', 34)} tracks the training pool adds "
+             f"the soundtracks of {', '.join(f'`{p}`' for p in extra)} (more composers, all "
+             "train; validation and test unchanged)" if extra else "")
     return (f"\n\n**Learning curve** ({curve['family']}, paired, clean test ROC-AUC; each "
-            "seed draws its own training tracks):\n\n"
+            f"seed draws its own training tracks{wider}):\n\n"
             + _table(["training tracks", _MODEL_NAMES["spectttra"], _MODEL_NAMES["lr"]], rows))
 
 
