@@ -201,6 +201,16 @@ def t_real_retrieval() -> str:
             f"{sel['val_score']:.3f}); the shipped default is this choice: "
             f"{'yes' if sel['shipped_default_is_the_choice'] else '**no**'}. Test queries, "
             "read once; recall and precision with 95 % bootstrap intervals over queries.\n\n")
+    alternatives = sel.get("stage3_alternatives")
+    if alternatives:
+        adopted = sel.get("stage3_adopted") or []
+        head += ("Tried on top of that choice, val only (adopted only with a gain over "
+                 f"{sel['stage3_margin']}): "
+                 + ", ".join(f"{k} {v:.3f}" for k, v in alternatives.items())
+                 + " (`lda`: top between-track directions; `csls`: hubness-corrected scores; "
+                 "`segment_rerank`: plus segment matching). "
+                 + (f"Adopted: {', '.join(adopted)}." if adopted else "None adopted.")
+                 + "\n\n")
     rows = []
     for r in m["table"]:
         if r["split"] != "test":

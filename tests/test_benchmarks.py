@@ -233,3 +233,49 @@ def test_recipe_rule_adopts_only_a_gain_beyond_the_interval():
     assert decision["choice"] == "default+augment"
     summary["default+augment"] = row(0.895, 0.81, 0.02)
     assert rv.decide(summary)["choice"] == "default"
+
+
+def _fitted_catalog(n_tracks: int = 12, segments: int = 3, seed: int = 0):
+    """Raw `FeatureEmbedder` vectors of a catalog and of noisy re-takes of it."""
+    import numpy as np
+
+    from helpers.embed import FeatureEmbedder
+
+    emb = FeatureEmbedder(blocks=("v1",), segments=segments)
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_tracks, 1, emb.dim)) * 3
+    catalog = (centres + rng.normal(size=(n_tracks, 1 + segments, emb.dim))).reshape(
+        n_tracks, -1)
+    queries = (centres + rng.normal(size=(n_tracks, 1 + segments, emb.dim))).reshape(
+        n_tracks, -1)
+    return emb, catalog.astype(np.float32), queries.astype(np.float32)
+
+
+def test_csls_space_scores_twice_the_cosine_minus_the_catalog_hubness():
+    import numpy as np
+
+    from benchmarks import real_retrieval as rr
+
+    emb, catalog, queries = _fitted_catalog()
+    cat, qry = rr.csls_space(emb, 3)(catalog, queries)
+    c, q = emb.transform(catalog), emb.transform(queries)
+    sims = c @ c.T
+    np.fill_diagonal(sims, -np.inf)
+    hub = np.sort(sims, axis=1)[:, -3:].mean(axis=1)
+    np.testing.assert_allclose(qry @ cat.T, 2 * q @ c.T - hub[None, :], atol=1e-5)
+
+
+def test_lda_space_and_segment_scores_find_each_tracks_own_excerpt():
+    import numpy as np
+
+    from benchmarks import real_retrieval as rr
+
+    emb, catalog, queries = _fitted_catalog()
+    cat, qry = rr.lda_space(emb, 4)(catalog, queries)
+    assert cat.shape == (len(catalog), 4)
+    assert np.allclose(np.linalg.norm(qry, axis=1), 1.0, atol=1e-6)
+    scores = rr.segment_scores(emb, catalog, catalog)  # each catalog track as its own query
+    assert (scores.argmax(axis=1) == np.arange(len(catalog))).all()
+    np.testing.assert_allclose(np.diag(scores), 2.0, atol=1e-5)  # cosine 1 + best segment 1
+    assert (rr.segment_scores(emb, catalog, queries).argmax(axis=1)
+            == np.arange(len(catalog))).mean() > 0.9
