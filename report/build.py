@@ -186,7 +186,21 @@ def t_real_detection() -> str:
             + ("\n\n**In-family, unpaired design** (the AI twin is another excerpt):\n\n"
                + _in_family_table(m["results"]["unpaired"], m)
                if "unpaired" in m["results"] else "")
-            + _curve_table(m.get("learning_curve")))
+            + _curve_table(m.get("learning_curve"))
+            + _wider_tables(m))
+
+
+def _wider_tables(m: dict) -> str:
+    wider = m["results"].get("paired_wider_pool")
+    if not wider:
+        return ""
+    curve = m.get("learning_curve") or {}
+    extra = ", ".join(f"`{p}`" for p in curve.get("extra_packages", {}))
+    return ("\n\n**Wider training pool** (added after the learning curve was read, beside "
+            "the main tables, never instead of them): the same paired protocol with the "
+            f"train packages plus {extra} as training music; validation and test unchanged. "
+            "In-family:\n\n" + _in_family_table(wider, m)
+            + "\n\nAcross families (test ROC-AUC):\n\n" + _cross_family_table(wider))
 
 
 def t_real_retrieval() -> str:
