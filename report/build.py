@@ -203,6 +203,27 @@ def _wider_tables(m: dict) -> str:
             + "\n\nAcross families (test ROC-AUC):\n\n" + _cross_family_table(wider))
 
 
+def t_generic_artifacts() -> str:
+    m = _load(BENCH / "generic_artifacts.json")
+    if m is None:
+        return _missing("benchmarks/results/generic_artifacts.json")
+    rows = []
+    for model, families in m["results"].items():
+        for family, cells in families.items():
+            rows.append([family, _MODEL_NAMES[model], _fmt_interval(cells["roc_auc"]),
+                         _fmt_interval(cells["pr_auc"]),
+                         _fmt_interval(cells["fpr_at_val_max_f1"])])
+    lsd = ", ".join(f"{k} {v:.1f} dB" for k, v in m["log_spectral_distance_db"].items())
+    return (_source("generic_artifacts.json", m)
+            + f"Seeds {', '.join(map(str, m['seeds']))} for Model 1 (the LR is deterministic); "
+            f"{m['training']['train_files']} training and {m['training']['val_files']} "
+            f"validation files. Median log-spectral distance of each primitive to its source "
+            f"excerpt: {lsd}. Test (every family unseen; target "
+            f"{m['target_unseen_roc_auc']}):\n\n"
+            + _table(["family (unseen)", "model", "ROC-AUC", "PR-AUC",
+                      "FPR at val max-F1 threshold"], rows))
+
+
 def t_real_retrieval() -> str:
     m = _load(BENCH / "real_retrieval.json")
     if m is None:
@@ -430,6 +451,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "openl3_parity": t_openl3_parity,
     "real_detection": t_real_detection,
     "real_retrieval": t_real_retrieval,
+    "generic_artifacts": t_generic_artifacts,
     "robustness": t_robustness,
     "real_robustness": t_real_robustness,
     "end_to_end": t_end_to_end,
