@@ -255,7 +255,7 @@ def _one_blas_thread() -> None:
     threadpoolctl.threadpool_limits(1)
 
 
-def process_pool(n_jobs: int) -> ProcessPoolExecutor:
+def process_pool(n_jobs: int, uses_torch: bool = False) -> ProcessPoolExecutor:
     """A process pool whose workers never compile numba code into the shared cache.
 
     The parent prepares the cache first (`prepare`): forked workers (Linux) inherit the
@@ -266,7 +266,13 @@ def process_pool(n_jobs: int) -> ProcessPoolExecutor:
     ----------
     n_jobs : int
         Worker processes.
+    uses_torch : bool
+        The workers run torch. If this process has imported torch, they are spawned, not
+        forked: a forked child that runs torch after its parent started torch's OpenMP pool
+        hangs for ever (GNU OpenMP is not fork-safe), and a notebook or script that trained
+        or scored a model before has started it.
     """
     prepare()
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+    fork = sys.platform == "linux" and not (uses_torch and "torch" in sys.modules)
+    context = multiprocessing.get_context("fork" if fork else "spawn")
     return ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_one_blas_thread)

@@ -348,7 +348,7 @@ def _run(tracks: list[_Track], out: Path, config: TwinConfig, ae_path: str | Non
     if n_jobs > 1:
         from helpers.jit import process_pool
 
-        with process_pool(n_jobs) as pool:
+        with process_pool(n_jobs, uses_torch="autoencoder" in config.families) as pool:
             futures = {pool.submit(_make_track, t, str(out), config, ae_path): i
                        for i, t in enumerate(tracks)}
             for fut in as_completed(futures):

@@ -137,21 +137,28 @@ def test_twins_command_writes_a_manifest(human_manifest, tmp_path):
     assert (frame["label"] == "ai").sum() == (frame["label"] == "human").sum() == 4
 
 
-def test_autoencoder_twins_with_worker_processes_do_not_hang(human_manifest, tmp_path):
+@pytest.mark.parametrize("parent_used_torch", [False, True])
+def test_autoencoder_twins_with_worker_processes_do_not_hang(human_manifest, tmp_path,
+                                                             parent_used_torch):
     # Training the autoencoder starts torch's OpenMP pool; forked workers that then use
-    # torch hung forever. Run in a fresh interpreter with a deadline.
+    # torch hung forever. So did they when the caller had used torch before (a notebook that
+    # trained a model, a benchmark that scored one). Fresh interpreter, with a deadline.
     csv = tmp_path / "human.csv"
     human_manifest.to_csv(csv, index=False)
+    prelude = ("    import torch\n    torch.set_num_threads(2)\n"
+               "    (torch.randn(256, 256) @ torch.randn(256, 256)).sum().item()\n"
+               if parent_used_torch else "")
     script = (
         "from helpers.twins import TwinConfig, make_twins\n"
         "if __name__ == '__main__':\n"
-        f"    make_twins({str(csv)!r}, {str(tmp_path / 'out')!r},\n"
+        + prelude
+        + f"    make_twins({str(csv)!r}, {str(tmp_path / 'out')!r},\n"
         "               TwinConfig(families=('autoencoder', 'griffin_lim'), excerpt_seconds=2.0,\n"
         "                          autoencoder_steps=3), n_jobs=2, progress=False)\n")
     (tmp_path / "run.py").write_text(script)
     root = str(Path(__file__).resolve().parents[1])
     done = subprocess.run([sys.executable, str(tmp_path / "run.py")], capture_output=True,
-                          text=True, timeout=240, cwd=root,
+                          text=True, timeout=120, cwd=root,
                           env={**os.environ, "PYTHONPATH": root})
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(tmp_path / "out" / "manifest.csv")
