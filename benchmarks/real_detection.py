@@ -235,9 +235,10 @@ def _cache() -> Path:
     return WORK / "cache"
 
 
-def _net_scorer(run_dir: Path) -> _Scorer:
+def _net_scorer(run_dir: Path, cache_dir: Path | None = None) -> _Scorer:
     """A trained run, calibrated from its stored validation logits by today's `calibrate`
-    (a cached run may predate a change to calibration; its weights do not depend on it)."""
+    (a cached run may predate a change to calibration; its weights do not depend on it).
+    Files are read from `cache_dir` (default: this benchmark's cache, the CLI front end)."""
     model, info = load_run(run_dir)
     val = pd.read_csv(run_dir / "val_predictions.csv")
     cal = calibrate(val["logit"].to_numpy(), (val["label"] == "ai").to_numpy(float),
@@ -245,7 +246,7 @@ def _net_scorer(run_dir: Path) -> _Scorer:
     temperature = cal.temperature
 
     def score(paths: list[str]) -> np.ndarray:
-        ds = CacheDataset(_cache(), pd.DataFrame({"path": paths, "label": "human"}))
+        ds = CacheDataset(cache_dir or _cache(), pd.DataFrame({"path": paths, "label": "human"}))
         if len(ds) != len(paths):
             raise RuntimeError(f"{len(paths) - len(ds)} benchmark files failed to preprocess")
         mels = np.stack([ds[i][0].numpy() for i in range(len(ds))])

@@ -8,6 +8,7 @@ import subprocess
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -234,6 +235,50 @@ def test_recipe_rule_adopts_only_a_gain_beyond_the_interval():
     assert decision["choice"] == "default+augment"
     summary["default+augment"] = row(0.895, 0.81, 0.02)
     assert rv.decide(summary)["choice"] == "default"
+
+
+def test_recipe_validation_scores_each_composer_alone_and_weights_them_equally(monkeypatch):
+    from benchmarks import real_detection as rd
+    from benchmarks import recipe_validation as rv
+
+    composers = rv.VAL_COMPOSERS
+    assert composers[0] == "wesnoth-1.16-music" and set(rd.CURVE_PACKAGES) <= set(composers)
+    rows = []
+    for c_i, composer in enumerate(composers):
+        n = 2 + 3 * c_i  # composers of different sizes: pooling would weight the big ones
+        for t in range(n):
+            for label in ("human", "ai"):
+                rows.append({"path": f"{composer}/{t}/{label}", "label": label,
+                             "family": "human" if label == "human" else "griffin_lim",
+                             "track_id": f"{composer}/{t}", "source": composer})
+    val = pd.DataFrame(rows)
+    perturbed = pd.concat([val.assign(perturbation=p) for p in rd.PERTURBATIONS])
+
+    calls = iter(["clean", *rd.PERTURBATIONS])  # evaluate_run scores clean rows first
+
+    def scoring(run_dir, frontend, paths):
+        # The first composer is perfectly separated, the others inverted, except the last
+        # one under pitch+1.
+        perturbation = next(calls)
+        out = []
+        for path in paths:
+            composer, _, label = path.rsplit("/", 2)
+            good = composer == composers[0] or (perturbation == "pitch+1"
+                                                and composer == composers[-1])
+            out.append((1.0 if label == "ai" else -1.0) * (1 if good else -1))
+        return np.array(out)
+
+    monkeypatch.setattr(rv, "_score", scoring)
+    per = rv.evaluate_run(Path("run"), "default", val, perturbed, "griffin_lim")
+    assert per[composers[0]]["clean_roc_auc"] == 1.0
+    assert per[composers[1]]["clean_roc_auc"] == 0.0
+    assert per[composers[0]]["fpr_at_0.5"] == 0.0 and per[composers[1]]["fpr_at_0.5"] == 1.0
+    # The worst perturbation is taken per composer: pitch+1 does not rescue the last one.
+    assert per[composers[-1]]["pitch+1_roc_auc"] == 1.0
+    assert per[composers[-1]]["worst_perturbed_roc_auc"] == 0.0
+    mean = rv.composer_mean(per)
+    assert mean["clean_roc_auc"] == pytest.approx(1 / len(composers))  # not row-weighted
+    assert rv.composer_mean(per, composers[:1])["clean_roc_auc"] == 1.0
 
 
 def _fitted_catalog(n_tracks: int = 12, segments: int = 3, seed: int = 0):
