@@ -71,7 +71,7 @@ from helpers import jit  # noqa: E402
 from helpers.cache import CacheDataset, preprocess  # noqa: E402
 from helpers.config import FrontEndConfig  # noqa: E402
 from helpers.datasets import manifest_fingerprint  # noqa: E402
-from helpers.perturb import perturbed_manifest  # noqa: E402
+from helpers.perturb import TRAIN_AUGMENT, perturbed_manifest  # noqa: E402
 from helpers.run import load_run, predict_logits  # noqa: E402
 from helpers.train import TrainConfig, train  # noqa: E402
 from helpers.twins import FAMILIES, select  # noqa: E402
@@ -84,8 +84,7 @@ FRONTENDS = {
     "fine": FrontEndConfig(n_fft=1024, hop_length=256, win_length=1024),
 }
 #: Waveform augmentation: one copy per training clip, the perturbation drawn from these.
-AUGMENT = ("pitch-2", "pitch-1", "pitch+1", "pitch+2", "mp3_128", "opus_64",
-           "noise30dB", "noise20dB")
+AUGMENT = TRAIN_AUGMENT  # what `helpers train --augment` draws from
 VARIANTS = [(fe, aug) for fe in FRONTENDS for aug in (False, True)]
 #: The composers the variants are compared on: the protocol's validation package, then the
 #: detection benchmark's extra soundtracks (never in a run's training rows here).

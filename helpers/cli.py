@@ -24,8 +24,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from helpers.config import FrontEndConfig
+
+if TYPE_CHECKING:
+    from helpers.train import TrainConfig
 
 EPILOG = ("Data flows: download/synth (or twins of your own music) -> preprocess -> train -> "
           "evaluate; index -> recommend.")
@@ -40,6 +45,12 @@ def _add_frontend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--duration", type=float, default=None,
                    help="seconds read from the start of each file (default 30)")
     g.add_argument("--sample-rate", type=int, default=None, help="Hz (default 16000)")
+    g.add_argument("--n-fft", type=int, default=None,
+                   help="FFT and window length in samples (default 2048: 128 ms at 16 kHz)")
+    g.add_argument("--hop-length", type=int, default=None,
+                   help="samples between frames (default 512: 32 ms at 16 kHz). "
+                        "--n-fft 1024 --hop-length 256 halves both, the finer time "
+                        "resolution benchmarks/recipe_validation measured")
     g.add_argument("--codec", choices=["none", "mp3"], default=None,
                    help="confound control: pass every clip through the same MP3 round trip "
                         "so the classifier cannot tell sources apart by file format")
@@ -58,6 +69,10 @@ def _frontend(args: argparse.Namespace) -> FrontEndConfig | None:
         overrides["codec"] = None if args.codec == "none" else args.codec
     if args.codec_kbps is not None:
         overrides["codec_bitrate_kbps"] = args.codec_kbps
+    if args.n_fft is not None:
+        overrides["n_fft"] = overrides["win_length"] = args.n_fft
+    if args.hop_length is not None:
+        overrides["hop_length"] = args.hop_length
     # No flags: let the stage choose (an existing cache's frontend.json, else the defaults).
     return FrontEndConfig(**overrides) if overrides else None
 
@@ -114,10 +129,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["crops_per_clip"] = args.crops_per_clip
     # On --resume without flags, keep the run's own settings (train refuses changed ones).
     config = None if args.resume and not overrides else TrainConfig(**overrides)
-    run = train(args.manifest, args.out, preset=args.preset, train_config=config,
+    manifest = args.manifest
+    if args.augment:
+        manifest = _augmented(args, config or TrainConfig())
+    run = train(manifest, args.out, preset=args.preset, train_config=config,
                 cache_dir=args.cache, resume=args.resume, frontend=_frontend(args))
     print(f"run written: {run}")
     return 0
+
+
+def _augmented(args: argparse.Namespace, config: TrainConfig) -> Path:
+    """``RUN/augmented/manifest.csv``: the manifest plus `--augment` perturbed copies of each
+    training clip (validation carved first, by track, so no copy of a validation song is
+    trained on). Copies already there are reused, so --resume does not redo them."""
+    from helpers.perturb import TRAIN_AUGMENT, perturbed_manifest
+
+    out = Path(args.out) / "augmented"
+    if args.resume and (out / "manifest.csv").exists():
+        return out / "manifest.csv"  # the run's own copies (drawn with the run's seed)
+    print(f"augment: {args.augment} perturbed cop{'y' if args.augment == 1 else 'ies'} per "
+          f"training clip, drawn from {', '.join(TRAIN_AUGMENT)}", file=sys.stderr)
+    return perturbed_manifest(args.manifest, out,
+                              perturbations=list(TRAIN_AUGMENT), copies=args.augment,
+                              seed=config.seed, val_fraction=config.val_fraction)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -297,6 +331,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "the mean of its windows (default 10; 0 = whole clips)")
     p.add_argument("--crops-per-clip", type=int, default=None, metavar="N",
                    help="random windows per clip per epoch (default 3)")
+    p.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="before training, write N perturbed copies of each training clip "
+                        "(pitch +-1/2 semitones, MP3 128k, Opus 64k, noise at 20/30 dB; "
+                        "under RUN/augmented) and train on them too (default 0). With "
+                        "--n-fft 1024 --hop-length 256 this is the recipe chosen on "
+                        "validation composers in benchmarks/recipe_validation")
     p.add_argument("--cache", default=None, help="feature cache folder (default: RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
     _add_frontend_args(p)
