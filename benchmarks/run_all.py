@@ -400,7 +400,8 @@ def _recipe(d: dict) -> list[Row]:
             f"default: {_num(_get(base, 'clean_roc_auc', 'mean'))}, "
             f"{_num(_get(base, 'worst_perturbed_roc_auc', 'mean'))}",
             "chosen" if _get(d, "decision", "choice") == name else "-",
-            "validation composer only, 3 families, mean over seeds", m))
+            f"{len(d.get('validation_composers', {})) or 1} validation composer(s), never the "
+            "test packages; 3 families, mean over composers and seeds", m))
     return rows
 
 
