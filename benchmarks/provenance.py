@@ -64,14 +64,27 @@ def _git(*args: str) -> str | None:
     return done.stdout
 
 
+#: Paths whose changes say nothing about the code that ran: benchmark outputs. A rerun
+#: changes its own results file before it is committed, and the table built from them.
+OUTPUT_PREFIXES = ("benchmarks/results/",)
+
+
+def dirty_code(changed: list[str]) -> bool:
+    """Whether any of `changed` is code or data the numbers depend on (not an output)."""
+    return any(not path.startswith(OUTPUT_PREFIXES) for path in changed)
+
+
 def git_state() -> dict[str, Any]:
-    """The checked-out commit and the paths that differ from it (``None`` outside a checkout)."""
+    """The checked-out commit and the paths that differ from it (``None`` outside a checkout).
+
+    ``dirty`` is true when a path other than a benchmark output (`OUTPUT_PREFIXES`) differs:
+    the code that ran is then not the commit's. Every changed path is listed either way.
+    """
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
     changed = [line[3:] for line in (status or "").splitlines() if line.strip()]
     return {"commit": commit.strip() if commit else None,
-            "dirty": bool(changed) if status is not None else None,
-            # A results file is usually among them: the run that writes it changes it.
+            "dirty": dirty_code(changed) if status is not None else None,
             "changed_paths": changed[:30], "n_changed_paths": len(changed)}
 
 

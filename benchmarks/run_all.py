@@ -628,7 +628,8 @@ def build_table(results_dir: str | os.PathLike = RESULTS) -> str:
         "same run on the same machine; a row without a baseline had none measured. "
         "Wall-clock times on a shared machine: the load average is given with the machine; "
         "read ratios, not absolute seconds, across machines. The last column is the commit "
-        "and date the file records (\"+dirty\": the tree had uncommitted changes; \"not "
+        "and date the file records (\"+dirty\": the tree had uncommitted changes outside "
+        "benchmarks/results/; \"not "
         "recorded\": the file predates provenance, so its code version is unknown).",
         "",
         "| " + " | ".join(HEADER) + " |",

@@ -106,6 +106,14 @@ def test_write_result_records_where_the_numbers_came_from(tmp_path):
     assert p["config"] == {"repeats": 3, "out": str(out)}
 
 
+def test_only_code_changes_make_a_run_dirty():
+    assert not prov.dirty_code([])
+    assert not prov.dirty_code(["benchmarks/results/recipe_validation.json",
+                                "benchmarks/results/TABLE.md"])
+    assert prov.dirty_code(["benchmarks/results/x.json", "helpers/train.py"])
+    assert prov.dirty_code(["benchmarks/results_helper.py"])  # a prefix of a folder, not it
+
+
 def test_table_says_which_run_each_number_comes_from(tmp_path):
     parity = {"fixture": "f", "n_frames": 31, "check3_conv_rel_l2_max": 1e-6,
               "check4_fused_rel_l2_max": 3e-3,
