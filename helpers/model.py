@@ -61,6 +61,11 @@ class ModelConfig:
         incomplete token instead (the SONICS reference code's ``floor``).
     patch_size : int
         Square patch side for `ViTPatchBaseline` only (AST/ViT use 16).
+    input_norm : str
+        ``"clip"`` (default): each window to zero mean and unit variance over all its values
+        (`normalize_per_clip`). ``"band"``: each mel band's own mean over the window removed
+        first (`normalize_per_band`), so the long-term spectral envelope (timbre, mix, EQ)
+        is gone and only how each band moves in time is left.
     """
 
     n_mels: int = 128
@@ -75,8 +80,11 @@ class ModelConfig:
     attn_dropout: float = 0.0
     frame_policy: str = "pad"
     patch_size: int = 16
+    input_norm: str = "clip"
 
     def __post_init__(self) -> None:
+        if self.input_norm not in ("clip", "band"):
+            raise ValueError(f"input_norm must be 'clip' or 'band', got {self.input_norm!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if self.frame_policy not in ("pad", "crop"):
@@ -198,6 +206,16 @@ def normalize_per_clip(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / (std + _NORM_EPS)
 
 
+def normalize_per_band(x: torch.Tensor) -> torch.Tensor:
+    """Each mel band minus its mean over the window, then unit variance over the window.
+
+    What is left is each band's movement in time: a static spectral tilt, an EQ or an
+    instrument's average timbre cancels, as a gain does in `normalize_per_clip`.
+    """
+    x = x - x.mean(dim=-1, keepdim=True)  # (batch, n_mels, frames)
+    return x / (x.std(dim=(-2, -1), keepdim=True) + _NORM_EPS)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through `F.scaled_dot_product_attention` (flash/SDPA kernels)."""
 
@@ -281,7 +299,8 @@ class _Classifier(nn.Module):
 
     def _embed_window(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, n_mels, n_frames)`` dB mels → ``(batch, dim)`` pooled embeddings."""
-        x = normalize_per_clip(x)  # (batch, n_mels, n_frames)
+        norm = normalize_per_band if self.config.input_norm == "band" else normalize_per_clip
+        x = norm(x)  # (batch, n_mels, n_frames)
         tokens = self.drop(self.tokens(x))  # (batch, n_tokens, dim)
         for block in self.blocks:
             tokens = block(tokens)  # (batch, n_tokens, dim)

@@ -14,6 +14,7 @@ from helpers.model import (
     ViTPatchBaseline,
     build_model,
     model_config_for,
+    normalize_per_band,
     normalize_per_clip,
     window_starts,
 )
@@ -237,3 +238,27 @@ def test_training_overfits_one_small_batch(kind):
         losses.append(loss.item())
     assert losses[-1] < 0.05 < losses[0]
     assert ((model(x) > 0).float() == y).all()
+
+
+def test_band_normalisation_cancels_a_static_eq_and_keeps_movement_in_time():
+    band = replace(TINY_10S, input_norm="band")
+    x = _mel(2, TINY_10S)
+    tilt = torch.linspace(-20.0, 10.0, 128)[None, :, None]  # a static EQ / timbre, in dB
+    torch.testing.assert_close(normalize_per_band(x), normalize_per_band(x + tilt),
+                               atol=1e-5, rtol=1e-5)
+    z = normalize_per_band(x)
+    torch.testing.assert_close(z.mean(dim=-1), torch.zeros(2, 128), atol=1e-5, rtol=0)
+    assert torch.allclose(z.std(dim=(-2, -1)), torch.ones(2), atol=1e-3)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        by_band = SpecTTTra(band).eval()
+        torch.manual_seed(0)
+        by_clip = SpecTTTra(TINY_10S).eval()
+        torch.testing.assert_close(by_band(x), by_band(x + tilt), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(by_clip(x), by_clip(x + tilt), atol=1e-3)
+        # A band that moves in time still changes the output.
+        moved = x.clone()
+        moved[:, 40:60] += 10.0 * torch.sin(torch.arange(313.0) / 3.0)
+        assert not torch.allclose(by_band(x), by_band(moved), atol=1e-3)
+    with pytest.raises(ValueError, match="input_norm"):
+        replace(TINY_10S, input_norm="frame")
