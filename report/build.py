@@ -228,7 +228,9 @@ _VARIANT_NAMES = {"default": "CLI default (n_fft 2048, hop 512)",
                   "default+augment": "+ waveform augmentation (`--augment 1`)",
                   "fine": "finer front end (n_fft 1024, hop 256)",
                   "fine+augment": "finer + augmentation",
-                  "default+bandnorm": "per-band input normalisation (added later)"}
+                  "default+bandnorm": "per-band input normalisation (added later)",
+                  "fine+augment+bandnorm": "finer + augmentation + per-band normalisation "
+                                           "(added last)"}
 
 
 def t_recipe_validation() -> str:
