@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -132,7 +133,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     manifest = args.manifest
     if args.augment:
         manifest = _augmented(args, config or TrainConfig())
-    run = train(manifest, args.out, preset=args.preset, train_config=config,
+    preset = args.preset
+    if args.input_norm is not None:  # a resumed run keeps its own model settings anyway
+        from helpers.model import PRESETS
+
+        preset = replace(PRESETS[args.preset], input_norm=args.input_norm)
+    run = train(manifest, args.out, preset=preset, train_config=config,
                 cache_dir=args.cache, resume=args.resume, frontend=_frontend(args))
     print(f"run written: {run}")
     return 0
@@ -337,6 +343,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "under RUN/augmented) and train on them too (default 0). With "
                         "--n-fft 1024 --hop-length 256 this is the recipe chosen on "
                         "validation composers in benchmarks/recipe_validation")
+    p.add_argument("--input-norm", choices=["clip", "band"], default=None,
+                   help="clip (default): each window to zero mean, unit variance; band: each "
+                        "mel band's mean over the window removed first, so a composer's "
+                        "average timbre and mix are not in the input (measured in "
+                        "benchmarks/recipe_validation)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
     _add_frontend_args(p)

@@ -108,7 +108,7 @@ def test_synth_writes_the_corpus_and_prints_its_manifest(tmp_path, capsys):
     assert len(pd.read_csv(printed)) == 12  # 6 styles x 2 labels
 
 
-def test_train_augment_and_finer_front_end_flags_reach_the_run(tmp_path):
+def test_train_recipe_flags_reach_the_run(tmp_path):
     rows = []
     for i in range(8):
         sf.write(tmp_path / f"c{i}.wav", tone(2.0, 16_000, 220.0 * (1 + i % 4), seed=i), 16_000)
@@ -118,12 +118,14 @@ def test_train_augment_and_finer_front_end_flags_reach_the_run(tmp_path):
     run = tmp_path / "run"
     command = [sys.executable, "-m", "helpers", "train", "--manifest", str(csv), "--out",
                str(run), "--epochs", "1", "--batch-size", "4", "--duration", "2",
-               "--augment", "1", "--n-fft", "1024", "--hop-length", "256"]
+               "--augment", "1", "--n-fft", "1024", "--hop-length", "256",
+               "--input-norm", "band"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "augment: 1 perturbed copy per training clip" in proc.stderr
     frontend = json.loads((run / "run.json").read_text())["frontend"]
     assert (frontend["n_fft"], frontend["win_length"], frontend["hop_length"]) == (1024, 1024, 256)
+    assert json.loads((run / "run.json").read_text())["model_config"]["input_norm"] == "band"
     augmented = pd.read_csv(run / "augmented" / "manifest.csv").fillna({"perturbation": ""})
     copies = augmented[augmented["perturbation"] != ""]
     originals = augmented[augmented["perturbation"] == ""]
