@@ -144,6 +144,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _augment_copies(text: str) -> int:
+    """``--augment``: 0 up to one copy per perturbation of `TRAIN_AUGMENT`."""
+    from helpers.perturb import TRAIN_AUGMENT
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= len(TRAIN_AUGMENT):
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {len(TRAIN_AUGMENT)} (copies per training "
+            f"clip, each with a different perturbation), got {text!r}")
+    return n
+
+
 def _augmented(args: argparse.Namespace, config: TrainConfig) -> Path:
     """``RUN/augmented/manifest.csv``: the manifest plus `--augment` perturbed copies of each
     training clip (validation carved first, by track, so no copy of a validation song is
@@ -337,7 +352,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "the mean of its windows (default 10; 0 = whole clips)")
     p.add_argument("--crops-per-clip", type=int, default=None, metavar="N",
                    help="random windows per clip per epoch (default 3)")
-    p.add_argument("--augment", type=int, default=0, metavar="N",
+    p.add_argument("--augment", type=_augment_copies, default=0, metavar="N",
                    help="before training, write N perturbed copies of each training clip "
                         "(pitch +-1/2 semitones, MP3 128k, Opus 64k, noise at 20/30 dB; "
                         "under RUN/augmented) and train on them too (default 0). With "

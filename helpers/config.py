@@ -72,6 +72,14 @@ class FrontEndConfig:
             raise ValueError(f"codec must be None or 'mp3', got {self.codec!r}")
         if self.min_duration > self.duration:
             raise ValueError("min_duration must not exceed duration")
+        if not 1 <= self.hop_length <= self.win_length <= self.n_fft:
+            raise ValueError(
+                f"need 1 <= hop_length <= win_length <= n_fft, got hop_length "
+                f"{self.hop_length}, win_length {self.win_length}, n_fft {self.n_fft}")
+        if self.n_fft < 2 * self.n_mels:
+            # Fewer FFT bins than mel bands leaves some mel filters empty (silent rows).
+            raise ValueError(f"n_fft {self.n_fft} is too small for {self.n_mels} mel bands: "
+                             f"use at least {2 * self.n_mels}")
 
     @property
     def n_samples(self) -> int:

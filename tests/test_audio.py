@@ -197,3 +197,14 @@ def test_mel_of_a_tone_matches_librosa_and_peaks_in_its_band(freq):
     edges = librosa.mel_frequencies(CFG.n_mels + 2, fmin=CFG.fmin, fmax=CFG.fmax)
     nearest = int(np.argmin(np.abs(edges[1:-1] - freq)))
     assert int(np.argmax(mel.mean(axis=1))) == nearest
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"hop_length": 0}, "got hop_length 0"),
+    ({"n_fft": 1024}, "win_length 2048, n_fft 1024"),  # a window longer than the FFT
+    ({"n_fft": 128, "win_length": 128, "hop_length": 64}, "too small for 128 mel bands"),
+])
+def test_front_end_settings_that_cannot_work_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FrontEndConfig(**settings)
+    FrontEndConfig(n_fft=1024, win_length=1024, hop_length=256)  # the finer recipe is fine

@@ -136,3 +136,12 @@ def test_train_recipe_flags_reach_the_run(tmp_path):
     assert not set(copies["parent_track_id"]) & val_tracks
     trained = pd.read_csv(run / "splits.csv")
     assert len(trained[trained["split"] == "train"]) == 2 * len(copies)
+
+
+@pytest.mark.parametrize("value", ["-1", "9", "two"])
+def test_train_refuses_a_bad_augment_count_before_any_work(value, capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["train", "--manifest", "m.csv", "--out", "r",
+                                   "--augment", value])
+    assert info.value.code == 2
+    assert "--augment" in capsys.readouterr().err
