@@ -200,12 +200,12 @@ def _registry() -> tuple[dict[str, Perturbation], dict[str, str]]:
 #: `stretch0.9` is slower (10 % longer), `stretch1.1` faster.
 PERTURBATIONS, UNAVAILABLE = _registry()
 
-#: Extra seconds of audio a perturbation may consume beyond the front end's clip (the intro
-#: trim); the faster stretch also reads 10 % more, which callers add as a factor.
 #: Training augmentation (``helpers train --augment N``): waveform changes a detector must
 #: survive, the set `benchmarks.recipe_validation` measured on four held-out composers.
 TRAIN_AUGMENT = ("pitch-2", "pitch-1", "pitch+1", "pitch+2", "mp3_128", "opus_64",
                  "noise30dB", "noise20dB")
+#: Extra seconds of audio a perturbation may consume beyond the front end's clip (the intro
+#: trim); the faster stretch also reads 10 % more, which callers add as a factor.
 EXTRA_SECONDS = 5.0
 
 
