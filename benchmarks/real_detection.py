@@ -24,9 +24,11 @@ The protocol (every choice below was fixed before the first test number was read
   Validation holds the human val excerpts and the AI val excerpts of the *training* families
   only: a held-out family is never looked at before the test.
 * **Models.** Model 1 = ``tiny`` SpecTTTra with ``TrainConfig(seed=s)`` (the CLI defaults:
-  random 10 s windows, window-averaged scoring); the ViT-patch baseline with the same recipe;
-  the hand-crafted artifact-feature logistic regression (`helpers.baselines`), its C chosen by
-  grouped cross-validation on the training rows and its threshold on validation.
+  random 10 s windows, window-averaged scoring, per-band input normalisation, which
+  `benchmarks.recipe_validation` measured on the validation composers); the ViT-patch
+  baseline with the same recipe; the hand-crafted artifact-feature logistic regression
+  (`helpers.baselines`), its C chosen by grouped cross-validation on the training rows and
+  its threshold on validation.
 * **Artifact-agnostic.** The human-deviation baseline
   (`helpers.baselines.HumanDeviationBaseline`) is fitted on human training clips only and
   scores the Mahalanobis distance of a clip's artifact features from them: it never sees
@@ -98,6 +100,7 @@ from helpers.config import FrontEndConfig  # noqa: E402
 from helpers.datasets import manifest_fingerprint  # noqa: E402
 from helpers.io import atomic_path, read_json, write_npy  # noqa: E402
 from helpers.metrics import choose_threshold_max_f1, threshold_for_fpr  # noqa: E402
+from helpers.model import PRESETS  # noqa: E402
 from helpers.perturb import apply_perturbation, perturbation_rng  # noqa: E402
 from helpers.run import load_run, predict_logits  # noqa: E402
 from helpers.train import TrainConfig, calibrate, train  # noqa: E402
@@ -261,7 +264,7 @@ def train_net(frame: pd.DataFrame, name: str, kind: str, seed: int) -> Path:
     config = TrainConfig(seed=seed)
     fit = frame[frame["split"].isin(["train", "val"])]
     settings = {"kind": kind, "config": config.to_dict(), "frontend": _frontend().to_dict(),
-                "manifest": manifest_fingerprint(fit)}
+                "model": PRESETS["tiny"].to_dict(), "manifest": manifest_fingerprint(fit)}
 
     def build() -> None:
         train(fit, run_dir, preset="tiny", train_config=config, cache_dir=_cache(),
@@ -522,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "protocol": {"seeds": args.seeds, "models": args.models,
                      "train_config": "TrainConfig(seed=s): the CLI defaults",
-                     "preset": "tiny", "frontend": _frontend().to_dict(),
+                     "preset": "tiny", "model": PRESETS["tiny"].to_dict(),
+                     "frontend": _frontend().to_dict(),
                      "perturbations": list(PERTURBATIONS), "targets": TARGETS},
         "results": results,
         "learning_curve": curve,
