@@ -24,11 +24,10 @@ The protocol (every choice below was fixed before the first test number was read
   Validation holds the human val excerpts and the AI val excerpts of the *training* families
   only: a held-out family is never looked at before the test.
 * **Models.** Model 1 = ``tiny`` SpecTTTra with ``TrainConfig(seed=s)`` (the CLI defaults:
-  random 10 s windows, window-averaged scoring, per-band input normalisation, which
-  `benchmarks.recipe_validation` measured on the validation composers); the ViT-patch
-  baseline with the same recipe; the hand-crafted artifact-feature logistic regression
-  (`helpers.baselines`), its C chosen by grouped cross-validation on the training rows and
-  its threshold on validation.
+  random 10 s windows, window-averaged scoring; the ``tiny`` preset's model config is part
+  of every run's fingerprint); the ViT-patch baseline with the same recipe; the hand-crafted
+  artifact-feature logistic regression (`helpers.baselines`), its C chosen by grouped
+  cross-validation on the training rows and its threshold on validation.
 * **Artifact-agnostic.** The human-deviation baseline
   (`helpers.baselines.HumanDeviationBaseline`) is fitted on human training clips only and
   scores the Mahalanobis distance of a clip's artifact features from them: it never sees

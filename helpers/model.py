@@ -62,11 +62,10 @@ class ModelConfig:
     patch_size : int
         Square patch side for `ViTPatchBaseline` only (AST/ViT use 16).
     input_norm : str
-        ``"clip"`` (the class default; `base`): each window to zero mean and unit variance
-        over all its values (`normalize_per_clip`). ``"band"``: each mel band's own mean
-        over the window removed first (`normalize_per_band`), so the long-term spectral
-        envelope (timbre, mix, EQ) is gone and only how each band moves in time is left
-        (`tiny`'s default).
+        ``"clip"`` (default): each window to zero mean and unit variance over all its values
+        (`normalize_per_clip`). ``"band"``: each mel band's own mean over the window removed
+        first (`normalize_per_band`), so the long-term spectral envelope (timbre, mix, EQ)
+        is gone and only how each band moves in time is left.
     """
 
     n_mels: int = 128
@@ -149,10 +148,6 @@ PRESETS: dict[str, ModelConfig] = {
         heads=4,  # 16-dim heads
         mlp_ratio=2.0,  # halves the MLP cost, which dominates at this width
         dropout=0.1,
-        # Per-band: on four held-out composers' real music it cut the false alarms on human
-        # music from 15 % to 3 % and raised clean ROC-AUC 0.964 -> 0.987 at no cost
-        # (benchmarks/results/recipe_validation.json, variant "default+bandnorm").
-        input_norm="band",
     ),
     # SpecTTTra-beta as published in SONICS (Rahman et al., ICLR 2025; awsaf49/sonics,
     # configs/spectttra_f3t5-5s.yaml and -120s.yaml): 384-dim tokens, 12 blocks, 6 heads,
@@ -169,9 +164,7 @@ PRESETS: dict[str, ModelConfig] = {
     # - the recipe: `TrainConfig` defaults are tuned for small corpora on a CPU (batch 16,
     #   lr 1e-3, no mixup, 10 s random windows); SONICS trains 50 epochs at batch 128, lr
     #   8e-4 with 5 warm-up epochs, mixup alpha 2.5 (p 0.5), label smoothing 0.02, grad
-    #   clip 5, on random 5 s or 120 s crops;
-    # - input_norm stays "clip" here, as in SONICS (`tiny` uses "band", chosen on real music
-    #   with `tiny` only; `train --input-norm band` gives it to `base`).
+    #   clip 5, on random 5 s or 120 s crops.
     "base": ModelConfig(
         t_clip=5,  # 313 frames (10 s) -> 63 temporal tokens (padded from 313 to 315)
         f_clip=3,  # 128 bins -> 43 spectral tokens (padded from 128 to 129)
