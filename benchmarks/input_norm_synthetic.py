@@ -80,7 +80,7 @@ def run(job: tuple[str, str, int]) -> dict[str, Any]:
     name, norm, seed = job
     torch.set_num_threads(1)
     synth = SynthConfig(seed=0, artifacts=CORPORA[name])
-    manifest = load_manifest(corpus(name) / "manifest.csv")
+    manifest = load_manifest(corpus(name))
     run_dir = WORK / "runs" / name / f"{norm}_seed{seed}"
     frontend = FrontEndConfig(duration=synth.duration)
     config = TrainConfig(seed=seed)
