@@ -5,11 +5,12 @@ Why
 `benchmarks.recipe_validation` found that ``ModelConfig.input_norm="band"`` (each mel band's
 mean over the window removed before the network) cuts `tiny`'s false alarms on the human
 music of unseen composers from 15 % to 3 % on real recordings. The same operation removes
-every *static* spectral difference between the classes, and some generator traces are static:
-the spectral images that transposed-convolution upsampling leaves (Afchar et al. 2024;
-`helpers.artifacts.transposed_conv_upsample`). The three real-music proxy families do not
-isolate that trace; the synthetic demo corpora can. This benchmark measures both
-normalisations on three demo corpora that differ only in their "AI" chain:
+every difference between the classes that is static within a mel band, and a generator's
+trace may be static there (a raised noise floor between partials, spectral images of an
+upsampling layer: Afchar et al. 2024). The three real-music proxy families cannot show what
+that costs (each was detected at least as well with it); synthetic demo corpora that isolate
+one trace each can. This benchmark measures both normalisations on three demo corpora that
+differ only in their "AI" chain:
 
 * ``demo``: the demo's chain (`helpers.artifacts.ArtifactConfig()`: Griffin-Lim mel round
   trip, then 2x checkerboard upsampling);

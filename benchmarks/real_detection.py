@@ -24,8 +24,8 @@ The protocol (every choice below was fixed before the first test number was read
   Validation holds the human val excerpts and the AI val excerpts of the *training* families
   only: a held-out family is never looked at before the test.
 * **Models.** Model 1 = ``tiny`` SpecTTTra with ``TrainConfig(seed=s)`` (the CLI defaults:
-  random 10 s windows, window-averaged scoring; the ``tiny`` preset's model config is part
-  of every run's fingerprint); the ViT-patch baseline with the same recipe; the hand-crafted
+  random 10 s windows, window-averaged scoring; a run made with another input
+  normalisation is never reused); the ViT-patch baseline with the same recipe; the hand-crafted
   artifact-feature logistic regression (`helpers.baselines`), its C chosen by grouped
   cross-validation on the training rows and its threshold on validation.
 * **Artifact-agnostic.** The human-deviation baseline
@@ -263,7 +263,9 @@ def train_net(frame: pd.DataFrame, name: str, kind: str, seed: int) -> Path:
     config = TrainConfig(seed=seed)
     fit = frame[frame["split"].isin(["train", "val"])]
     settings = {"kind": kind, "config": config.to_dict(), "frontend": _frontend().to_dict(),
-                "model": PRESETS["tiny"].to_dict(), "manifest": manifest_fingerprint(fit)}
+                "manifest": manifest_fingerprint(fit)}
+    if PRESETS["tiny"].input_norm != "clip":  # only then, so the cached "clip" runs stay valid
+        settings["model"] = PRESETS["tiny"].to_dict()
 
     def build() -> None:
         train(fit, run_dir, preset="tiny", train_config=config, cache_dir=_cache(),

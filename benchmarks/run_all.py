@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "real_detection": [],
     "generic_artifacts": [],
     "recipe_validation": [],
+    "input_norm_synthetic": [],
     "real_robustness": [],
     "real_retrieval": [],
 }
@@ -405,6 +406,19 @@ def _recipe(d: dict) -> list[Row]:
     return rows
 
 
+def _input_norm(d: dict) -> list[Row]:
+    """Test ROC-AUC of clip vs per-band input normalisation on each synthetic corpus."""
+    if "results" not in d:
+        return _generic(d, "real detection")
+    m, rows = machine_of(d), []
+    for corpus, norms in d["results"].items():
+        rows.append(("synthetic detection", f"input normalisation, corpus {corpus}: test ROC-AUC",
+                     ", ".join(f"{n} {_num(c['roc_auc']['mean'])}" for n, c in norms.items()),
+                     "clip (the default)", "-",
+                     "synthetic demo corpora; mean over seeds", m))
+    return rows
+
+
 def _real_detection(d: dict) -> list[Row]:
     m = machine_of(d)
     data = ("real Debian soundtracks (music only), split by package; AI = the project's "
@@ -570,6 +584,7 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("real_detection.json", _real_detection, "real detection"),
     ("generic_artifacts.json", _generic_artifacts, "real detection"),
     ("recipe_validation.json", _recipe, "real detection"),
+    ("input_norm_synthetic.json", _input_norm, "synthetic detection"),
     ("real_robustness.json", _robustness, "robustness"),
     ("real_retrieval.json", _real_retrieval, "real retrieval"),
 ]

@@ -361,8 +361,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-norm", choices=["clip", "band"], default=None,
                    help="clip (default): each window to zero mean, unit variance; band: each "
                         "mel band's mean over the window removed first, so a composer's "
-                        "average timbre and mix are not in the input (measured in "
-                        "benchmarks/recipe_validation)")
+                        "average timbre and mix are not in the input (fewer false alarms on "
+                        "unseen composers: benchmarks/recipe_validation), nor any static "
+                        "spectral trace of a generator, such as upsampling images "
+                        "(benchmarks/input_norm_synthetic)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: RUN/cache)")
     p.add_argument("--resume", action="store_true", help="continue from RUN's last checkpoint")
     _add_frontend_args(p)
