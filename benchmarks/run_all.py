@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "real_detection": [],
     "generic_artifacts": [],
     "recipe_validation": [],
+    "recipe_protocol": [],
     "input_norm_synthetic": [],
     "real_robustness": [],
     "real_retrieval": [],
