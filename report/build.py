@@ -274,6 +274,45 @@ def t_recipe_validation() -> str:
                       "FPR on human at val max-F1 threshold"], rows))
 
 
+def t_recipe_protocol() -> str:
+    m = _load(BENCH / "recipe_protocol.json")
+    base = _load(BENCH / "real_detection.json")
+    if m is None or base is None:
+        return _missing("benchmarks/results/recipe_protocol.json")
+    chosen, default = m["results"]["paired"], base["results"]["paired"]
+    perturbations = base["protocol"]["perturbations"]
+    families = base["data"]["families"]
+    rows = []
+    for family in families:
+        for label, results, model in (("Model 1, CLI default", default, "spectttra"),
+                                      (f"Model 1, {m['recipe']['name']}", chosen, "spectttra"),
+                                      (_MODEL_NAMES["lr"], chosen, "lr")):
+            entry = results[f"{family}/{model}"]
+            worst = min(perturbations, key=lambda p: entry["cells"][f"{family}/{p}"]["roc_auc"]
+                        ["mean"])
+            rows.append([family, label, _cell(entry, f"{family}/clean"),
+                         f"{_cell(entry, f'{family}/{worst}')} ({worst})",
+                         _cell(entry, f"{family}/clean", "fpr_at_val_max_f1"),
+                         _cell(entry, f"{family}/clean", "fpr_at_val_fpr_5pct")])
+    cross = []
+    for name, entry in chosen.items():
+        set_name, model = name.rsplit("/", 1)
+        if model != "spectttra":
+            continue
+        cross.append([set_name] + [
+            f"{default[name]['cells'][f'{f}/clean']['roc_auc']['mean']:.3f} → "
+            f"{entry['cells'][f'{f}/clean']['roc_auc']['mean']:.3f}"
+            + ("" if f in entry["train_families"] else " (unseen)") for f in families])
+    return (_source("recipe_protocol.json", m)
+            + f"Recipe `{m['recipe']['cli']}`, seeds {', '.join(map(str, m['seeds']))}; "
+            "the default's cells are the main table's (`real_detection.json`). In-family "
+            "(thresholds set on the validation composer):\n\n"
+            + _table(["family", "model", "ROC-AUC clean", "ROC-AUC worst perturbation",
+                      "FPR at val max-F1 threshold", "FPR at val 5 % threshold"], rows)
+            + "\n\nModel 1's clean test ROC-AUC, CLI default → chosen recipe, for every "
+            "training set:\n\n" + _table(["trained on", *families], cross))
+
+
 def t_input_norm_synthetic() -> str:
     m = _load(BENCH / "input_norm_synthetic.json")
     if m is None:
@@ -522,6 +561,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "generic_artifacts": t_generic_artifacts,
     "recipe_validation": t_recipe_validation,
     "input_norm_synthetic": t_input_norm_synthetic,
+    "recipe_protocol": t_recipe_protocol,
     "robustness": t_robustness,
     "real_robustness": t_real_robustness,
     "end_to_end": t_end_to_end,
