@@ -331,6 +331,13 @@ def _cells(scorer: _Scorer, test: pd.DataFrame, perturbed: pd.DataFrame,
     return cells
 
 
+def entry(families: list[str], model: str, runs: list[dict[str, dict]]) -> dict[str, Any]:
+    """One (training set, model) result: each cell's metrics as intervals over `runs`."""
+    return {"train_families": families, "model": model,
+            "cells": {cell: {metric: _interval([r[cell][metric] for r in runs])
+                             for metric in runs[0][cell]} for cell in runs[0]}}
+
+
 def _seeds_for(model: str, seeds: list[int], vit_seeds: int) -> list[int]:
     """Model 1 gets every seed; the ViT baseline the first `vit_seeds`; the feature models
     are deterministic."""
@@ -373,11 +380,7 @@ def run_design(frame: pd.DataFrame, design: str, sets: dict[str, list[str]], mod
                 print(f"[{prefix}] {name} {model} seed {seed}: "
                       + ", ".join(f"{k} {v['roc_auc']:.3f}" for k, v in runs[-1].items()
                                   if k.endswith("/clean")), flush=True)
-            results[f"{name}/{model}"] = {
-                "train_families": families, "model": model,
-                "cells": {cell: {metric: _interval([r[cell][metric] for r in runs])
-                                 for metric in runs[0][cell]} for cell in runs[0]},
-            }
+            results[f"{name}/{model}"] = entry(families, model, runs)
     return results
 
 

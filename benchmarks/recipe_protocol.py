@@ -122,11 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                    **{m: [rd.train_lr(select(fit_rows, families), m)] for m in rd.FEATURE_MODELS}}
         for model, runs in scorers.items():
             cells = [rd._cells(s, test, perturbed, families) for s in runs]
-            results[f"{name}/{model}"] = {
-                "train_families": families, "model": model,
-                "cells": {cell: {metric: rd._interval([c[cell][metric] for c in cells])
-                                 for metric in cells[0][cell]} for cell in cells[0]},
-            }
+            results[f"{name}/{model}"] = rd.entry(families, model, cells)
             print(f"{name} {model}: " + ", ".join(
                 f"{k} {v['roc_auc']['mean']:.3f}"
                 for k, v in results[f"{name}/{model}"]["cells"].items()
