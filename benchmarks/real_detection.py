@@ -431,11 +431,11 @@ def learning_curve(frame: pd.DataFrame, extra: pd.DataFrame, seeds: list[int], j
             "training_tracks": curve}
 
 
-def summary(results: dict[str, Any]) -> dict[str, Any]:
+def summary(results: dict[str, Any], models: tuple[str, ...] = MODELS) -> dict[str, Any]:
     """The headline numbers against `TARGETS` (means over seeds; paired design)."""
     rows = {}
     paired = results["paired"]
-    for model in MODELS:
+    for model in models:
         own = [paired[f"{f}/{model}"]["cells"] for f in FAMILIES if f"{f}/{model}" in paired]
         if not own:
             continue

@@ -460,7 +460,8 @@ def _recipe_protocol(d: dict) -> list[Row]:
               # The feature baselines do not depend on the recipe: their rows are the main
               # table's already.
               "summary": {f"{model} (recipe {recipe}, opt-in)": s
-                          for model, s in d["summary"].items() if model == "spectttra"}}
+                          for model, s in d["summary"].items()
+                          if model not in ("lr", "deviation")}}
     return _real_detection(shaped)
 
 

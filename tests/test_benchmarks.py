@@ -334,3 +334,27 @@ def test_lda_space_and_segment_scores_find_each_tracks_own_excerpt():
     np.testing.assert_allclose(np.diag(scores), 2.0, atol=1e-5)  # cosine 1 + best segment 1
     assert (rr.segment_scores(emb, catalog, queries).argmax(axis=1)
             == np.arange(len(catalog))).mean() > 0.9
+
+
+def test_combined_detector_flags_what_either_model_finds_unhuman():
+    from benchmarks import real_detection as rd
+    from benchmarks import recipe_protocol as rp
+
+    # Model 1 knows family "a", the deviation model family "b"; their human scales differ.
+    rng = np.random.default_rng(0)
+    paths = [f"h{i}" for i in range(200)] + ["a0", "a1", "b0", "b1"]
+    net_logit = dict(zip(paths, np.r_[rng.normal(0, 1, 200), 6, 7, 0, 0], strict=True))
+    dev_logit = dict(zip(paths, np.r_[rng.normal(5, 2, 200), 5, 5, 12, 13], strict=True))
+
+    def scorer(logits):
+        return rd._Scorer(lambda ps: 1 / (1 + np.exp(-np.array([logits[p] for p in ps]))), {})
+
+    val = pd.DataFrame({"path": paths, "label": ["human"] * 200 + ["ai"] * 4})
+    both = rp.combined(scorer(net_logit), scorer(dev_logit), val)
+    s = dict(zip(paths, both.score_fn(paths), strict=True))
+    assert min(s["a0"], s["a1"], s["b0"], s["b1"]) > max(s[f"h{i}"] for i in range(200))
+    # Each model's scale is its own human spread: the deviation model's 12 is ~3.5 sigma.
+    humans = np.array([dev_logit[f"h{i}"] for i in range(200)])
+    z_b0 = (12 - humans.mean()) / humans.std()
+    assert s["b0"] == pytest.approx(1 / (1 + np.exp(-z_b0)), rel=1e-4)
+    assert both.thresholds["val_max_f1"] < min(s["a0"], s["b0"])
