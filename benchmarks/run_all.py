@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "generic_artifacts": [],
     "recipe_validation": [],
     "recipe_protocol": [],
+    "consistency": [],
     "input_norm_synthetic": [],
     "real_robustness": [],
     "real_retrieval": [],
@@ -465,6 +466,18 @@ def _recipe_protocol(d: dict) -> list[Row]:
     return _real_detection(shaped)
 
 
+def _consistency(d: dict) -> list[Row]:
+    """Re-degradation consistency models through the detection protocol's paired design."""
+    if "summary" not in d:
+        return _generic(d, "real detection")
+    shaped = {**d, "protocol": {"targets": d.get("targets", {})},
+              # lr and deviation are the main table's rows already
+              "summary": {f"{model} (re-degradation consistency study)": s
+                          for model, s in d["summary"].items()
+                          if model not in ("lr", "deviation")}}
+    return _real_detection(shaped)
+
+
 def _generic_artifacts(d: dict) -> list[Row]:
     """Test ROC-AUC on each family when trained on generic primitives only (all unseen)."""
     if "results" not in d:
@@ -600,6 +613,7 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("generic_artifacts.json", _generic_artifacts, "real detection"),
     ("recipe_validation.json", _recipe, "real detection"),
     ("recipe_protocol.json", _recipe_protocol, "real detection"),
+    ("consistency.json", _consistency, "real detection"),
     ("input_norm_synthetic.json", _input_norm, "synthetic detection"),
     ("real_robustness.json", _robustness, "robustness"),
     ("real_retrieval.json", _real_retrieval, "real retrieval"),

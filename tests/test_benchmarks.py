@@ -192,7 +192,8 @@ def test_a_held_out_family_never_reaches_training_or_validation():
                                   "real_detection", "run_all", "openl3_original",
                                   "openl3_query_budget", "recipe_validation",
                                   "generic_artifacts", "real_retrieval",
-                                  "input_norm_synthetic", "recipe_protocol"])
+                                  "input_norm_synthetic", "recipe_protocol",
+                                  "consistency"])
 def test_benchmark_scripts_import_and_answer_help(name, capsys):
     module = importlib.import_module(f"benchmarks.{name}")
     with pytest.raises(SystemExit) as exit_:
