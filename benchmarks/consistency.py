@@ -97,10 +97,10 @@ def features_of(model: str, paths: list[str]) -> np.ndarray:
 def fit(frame: pd.DataFrame, model: str) -> rd._Scorer:
     """`model` fitted on the train rows of `frame`, its thresholds on the val rows."""
     tr, va = frame[frame["split"] == "train"], frame[frame["split"] == "val"]
+    X = features_of(model, tr["path"].tolist())
     est = HumanDeviationBaseline() if model in ("consistency_dev", "deviation") else \
-        ArtifactFeatureBaseline()
-    est.fit(features_of(model, tr["path"].tolist()), (tr["label"] == "ai").to_numpy(int),
-            groups=tr["track_id"].to_numpy())
+        ArtifactFeatureBaseline(n_features=X.shape[1])
+    est.fit(X, (tr["label"] == "ai").to_numpy(int), groups=tr["track_id"].to_numpy())
     y_val = (va["label"] == "ai").to_numpy(int)
     p_val = est.predict_proba(features_of(model, va["path"].tolist()))
     return rd._Scorer(lambda paths: est.predict_proba(features_of(model, paths)),

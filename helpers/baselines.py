@@ -514,6 +514,9 @@ class ArtifactFeatureBaseline:
     ----------
     config : ArtifactFeatureConfig, optional
         The features the model expects; `fit` checks the width of ``X`` against it.
+    n_features : int, optional
+        The width of ``X`` when it holds other descriptors (e.g.
+        `helpers.consistency.consistency_features`); it replaces the check against `config`.
     Cs : sequence of float
         Candidate values of ``C`` (larger: weaker regularisation).
     n_splits : int
@@ -541,12 +544,14 @@ class ArtifactFeatureBaseline:
     def __init__(
         self,
         config: ArtifactFeatureConfig | None = None,
+        n_features: int | None = None,
         Cs: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0),
         n_splits: int = 5,
         fallback_C: float = 1.0,
         max_iter: int = 5_000,
     ) -> None:
         self.config = config or ArtifactFeatureConfig()
+        self.n_features = n_features
         self.Cs = tuple(float(c) for c in Cs)
         self.n_splits = n_splits
         self.fallback_C = fallback_C
@@ -625,10 +630,11 @@ class ArtifactFeatureBaseline:
 
     def _check_X(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
-        width = len(feature_names(self.config))
+        width = self.n_features or len(feature_names(self.config))
         if X.ndim != 2 or X.shape[1] != width:
-            raise ValueError(f"X must have shape (n, {width}) (the features of "
-                             f"artifact_features for this config), got {X.shape}")
+            what = ("n_features" if self.n_features else
+                    "the features of artifact_features for this config")
+            raise ValueError(f"X must have shape (n, {width}) ({what}), got {X.shape}")
         if not np.isfinite(X).all():
             raise ValueError("X holds NaN or Inf")
         return X

@@ -320,6 +320,40 @@ def t_recipe_protocol() -> str:
             + _table(["trained on", *families], cross))
 
 
+def t_consistency() -> str:
+    m = _load(BENCH / "consistency.json")
+    if m is None:
+        return _missing("benchmarks/results/consistency.json")
+    results = m["results"]
+    families = sorted({k.split("/")[0] for e in results.values() for k in e["cells"]})
+    rows = []
+    for family in families:
+        for model in m["models"]:
+            entry = results.get(f"{family}/{model}")
+            if entry is None:
+                continue
+            perturbed = [k for k in entry["cells"] if k.startswith(f"{family}/")
+                         and not k.endswith("/clean")]
+            worst = min(perturbed, key=lambda k: entry["cells"][k]["roc_auc"]["mean"])
+            rows.append([family, _MODEL_NAMES[model], _cell(entry, f"{family}/clean"),
+                         f"{_cell(entry, worst)} ({worst.split('/')[1]})",
+                         _cell(entry, f"{family}/clean", "fpr_at_val_max_f1")])
+    verdict = "; ".join(f"{_MODEL_NAMES[k]}: min unseen {v['min_unseen_roc_auc']:.3f}, max FPR "
+                        f"{v['max_fpr_on_human']:.3f}, "
+                        f"{'take further' if v['take_further'] else 'not taken further'}"
+                        for k, v in m["verdict"].items())
+    return (_source("consistency.json", m)
+            + "Deterministic models (one fit each). In-family, thresholds on the validation "
+            "composer:\n\n"
+            + _table(["family", "model", "ROC-AUC clean", "ROC-AUC worst perturbation",
+                      "FPR at val max-F1 threshold"], rows)
+            + "\n\nEvery training set, clean test ROC-AUC:\n\n"
+            + _cross_family_table(results)
+            + f"\n\nThe reading fixed before the numbers (unseen >= "
+            f"{m['reading']['unseen_roc_auc_at_least']} in every direction and FPR <= "
+            f"{m['reading']['fpr_on_human_at_most']} on every family): {verdict}.")
+
+
 def t_input_norm_synthetic() -> str:
     m = _load(BENCH / "input_norm_synthetic.json")
     if m is None:
@@ -436,7 +470,10 @@ def _cross_family_table(results: dict) -> str:
 _MODEL_NAMES = {"spectttra": "Model 1 (tiny SpecTTTra)", "vit": "ViT-patch baseline",
                 "lr": "artifact features + LR",
                 "deviation": "artifact features, distance from human (no AI seen)",
-                "combined": "Model 1 or distance from human (the larger standardised score)"}
+                "combined": "Model 1 or distance from human (the larger standardised score)",
+                "consistency_dev": "re-degradation consistency, distance from human (no AI seen)",
+                "consistency_lr": "re-degradation consistency + LR",
+                "artifact+consistency_lr": "artifact and consistency features + LR"}
 
 
 def _perturbation_table(m: dict) -> str:
@@ -570,6 +607,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "recipe_validation": t_recipe_validation,
     "input_norm_synthetic": t_input_norm_synthetic,
     "recipe_protocol": t_recipe_protocol,
+    "consistency": t_consistency,
     "robustness": t_robustness,
     "real_robustness": t_real_robustness,
     "end_to_end": t_end_to_end,

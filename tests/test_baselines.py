@@ -251,6 +251,11 @@ def test_baseline_rejects_bad_input(twins):
         model.fit(X[:, :10], y)
     with pytest.raises(ValueError, match="both present"):
         model.fit(X, np.zeros(len(y)))
+    # other descriptors: their own width, still checked
+    other = ArtifactFeatureBaseline(n_features=10).fit(X[:, :10], y, groups=twins["groups"])
+    assert other.predict_proba(X[:, :10]).shape == (len(y),)
+    with pytest.raises(ValueError, match="shape \\(n, 10\\) \\(n_features\\)"):
+        other.predict_proba(X)
 
 
 def test_human_deviation_ranks_unseen_artifacts_above_held_out_human_features():
