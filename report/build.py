@@ -473,7 +473,10 @@ _MODEL_NAMES = {"spectttra": "Model 1 (tiny SpecTTTra)", "vit": "ViT-patch basel
                 "combined": "Model 1 or distance from human (the larger standardised score)",
                 "consistency_dev": "re-degradation consistency, distance from human (no AI seen)",
                 "consistency_lr": "re-degradation consistency + LR",
-                "artifact+consistency_lr": "artifact and consistency features + LR"}
+                "artifact+consistency_lr": "artifact and consistency features + LR",
+                "consistency_dev_wider": "re-degradation consistency, distance from human "
+                                         "(five composers)",
+                "deviation_wider": "artifact features, distance from human (five composers)"}
 
 
 def _perturbation_table(m: dict) -> str:
