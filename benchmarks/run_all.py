@@ -452,30 +452,26 @@ def _real_detection(d: dict) -> list[Row]:
     return rows
 
 
-def _recipe_protocol(d: dict) -> list[Row]:
-    """The chosen recipe through the detection protocol: `_real_detection`'s rows, renamed."""
+def _study_rows(d: dict, label: str) -> list[Row]:
+    """A study run through the detection protocol: `_real_detection`'s rows, each model
+    renamed ``<model> (<label>)``. The feature baselines do not depend on the study: their
+    rows are the main table's already."""
     if "summary" not in d:
         return _generic(d, "real detection")
-    recipe = _get(d, "recipe", "name", default="?")
     shaped = {**d, "protocol": {"targets": d.get("targets", {})},
-              # The feature baselines do not depend on the recipe: their rows are the main
-              # table's already.
-              "summary": {f"{model} (recipe {recipe}, opt-in)": s
-                          for model, s in d["summary"].items()
+              "summary": {f"{model} ({label})": s for model, s in d["summary"].items()
                           if model not in ("lr", "deviation")}}
     return _real_detection(shaped)
+
+
+def _recipe_protocol(d: dict) -> list[Row]:
+    """The chosen recipe through the detection protocol."""
+    return _study_rows(d, f"recipe {_get(d, 'recipe', 'name', default='?')}, opt-in")
 
 
 def _consistency(d: dict) -> list[Row]:
     """Re-degradation consistency models through the detection protocol's paired design."""
-    if "summary" not in d:
-        return _generic(d, "real detection")
-    shaped = {**d, "protocol": {"targets": d.get("targets", {})},
-              # lr and deviation are the main table's rows already
-              "summary": {f"{model} (re-degradation consistency study)": s
-                          for model, s in d["summary"].items()
-                          if model not in ("lr", "deviation")}}
-    return _real_detection(shaped)
+    return _study_rows(d, "re-degradation consistency study")
 
 
 def _generic_artifacts(d: dict) -> list[Row]:
