@@ -190,7 +190,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from helpers.embed import default_embedder, make_embedder
     from helpers.index import build_index
 
-    manifest = load_manifest(args.manifest)
+    # a plain folder of audio is a catalog as it stands: its files take --label
+    manifest = load_manifest(args.manifest, folder_label="ai" if args.label == "ai" else "human")
     # the audio policy: which seconds of each song (catalog and queries alike)
     policy = {"max_seconds": None if args.seconds == 0 else args.seconds,
               "position": args.excerpt}
@@ -387,7 +388,9 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build the human-track index (Model 2)",
                        description="Embed the human tracks of a manifest and store a cosine "
                        "index. Resumable; adding tracks to an index embeds only the new ones.")
-    p.add_argument("--manifest", required=True)
+    p.add_argument("--manifest", required=True,
+                   help="manifest CSV, a folder with manifest.csv or ai/ and human/, or a "
+                        "plain folder of audio files (all indexed, as human music)")
     p.add_argument("--out", required=True, help="index folder")
     p.add_argument("--embedder", default="auto", choices=["auto", "openl3", "features",
                                                           "classifier"],
@@ -485,8 +488,10 @@ def _add_twins(sub: argparse._SubParsersAction) -> None:
         "transposed-conv decoder, trained here on the train rows; opus_lowrate: an 8 kbps "
         "Opus/SILK vocoder round trip). Writes OUT/manifest.csv for train/evaluate; splits "
         "and track ids are kept, so a track never straddles splits. Re-running resumes.")
-    p.add_argument("--manifest", required=True, help="CSV of human tracks (path, label, split, "
-                                                     "track_id, ...)")
+    p.add_argument("--manifest", required=True,
+                   help="CSV of human tracks (path, label, split, track_id, ...), or a plain "
+                        "folder of your music: every audio file in it (recursively) is human, "
+                        "its split drawn from a hash of its path (70/15/15 train/val/test)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES,
                    help="artifact families (default: all)")

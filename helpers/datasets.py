@@ -42,7 +42,7 @@ class ManifestError(ValueError):
 
 def load_manifest(
     source: str | os.PathLike | pd.DataFrame, check_files: bool = False,
-    strict_artists: bool = False,
+    strict_artists: bool = False, folder_label: str | None = None,
 ) -> pd.DataFrame:
     """Load and validate a manifest from a CSV, a folder, or a DataFrame.
 
@@ -58,6 +58,10 @@ def load_manifest(
     strict_artists : bool
         Refuse an ``artist`` that has rows in more than one split; by default it is a warning
         (see Notes).
+    folder_label : str, optional
+        ``"ai"`` or ``"human"``: a plain folder of audio (no ``manifest.csv``, no ``ai/`` or
+        ``human/``) is then read as files of that label (``helpers twins`` reads a folder of
+        the user's own music as human). Without it such a folder is an error.
 
     Returns
     -------
@@ -98,6 +102,9 @@ def load_manifest(
         elif (source / "ai").is_dir() or (source / "human").is_dir():
             return validate_manifest(folder_manifest(source), base_dir=source, name=str(source),
                                      **checks)
+        elif folder_label is not None:
+            return validate_manifest(folder_manifest(source, folder_label), base_dir=source,
+                                     name=str(source), **checks)
         else:
             raise ManifestError(
                 f"{source}: a folder needs either manifest.csv or ai/ and human/ subfolders "
@@ -285,28 +292,34 @@ def list_audio(folder: str | os.PathLike) -> list[Path]:
     )
 
 
-def folder_manifest(folder: str | os.PathLike) -> pd.DataFrame:
-    """Manifest for a folder with ``ai/`` and ``human/`` subfolders of audio.
+def folder_manifest(folder: str | os.PathLike, label: str | None = None) -> pd.DataFrame:
+    """Manifest for a folder with ``ai/`` and ``human/`` subfolders of audio, or (with
+    `label`) for a plain folder whose audio files all have that label.
 
     A file's split comes from a ``train``/``val``/``test`` folder on its path when there is
     one (``ai/train/x.wav``), otherwise from a hash of its path (70/15/15). A folder between
-    the label and the file (``human/jazz/x.wav``) becomes its genre.
+    the label (or the plain folder) and the file (``human/jazz/x.wav``) becomes its genre.
     """
     folder = Path(folder)
+    if label is not None and label not in LABELS:
+        raise ValueError(f"label must be one of {LABELS}, got {label!r}")
+    roots = {label: folder} if label else {lab: folder / lab for lab in LABELS}
     rows = []
-    for label in LABELS:
-        for path in list_audio(folder / label):
-            rel = path.relative_to(folder / label)
+    for lab, root in roots.items():
+        for path in list_audio(root):
+            rel = path.relative_to(root)
             parts = [p.lower() for p in rel.parts[:-1]]
             split = next((_SPLIT_ALIASES.get(p, p) for p in parts
                           if _SPLIT_ALIASES.get(p, p) in SPLITS), "")
             genre = next((p for p in rel.parts[:-1]
                           if _SPLIT_ALIASES.get(p.lower(), p.lower()) not in SPLITS), "")
-            rows.append({"path": str(path.relative_to(folder)), "label": label, "split": split,
-                         "track_id": f"{label}/{rel.with_suffix('').as_posix()}",
+            rows.append({"path": str(path.relative_to(folder)), "label": lab, "split": split,
+                         "track_id": f"{lab}/{rel.with_suffix('').as_posix()}",
                          "genre": genre, "source": folder.name})
     if not rows:
-        raise ManifestError(f"{folder}: no audio files under ai/ or human/")
+        where = "in it" if label else "under ai/ or human/"
+        raise ManifestError(f"{folder}: no audio files {where} "
+                            f"(looked for {', '.join(AUDIO_EXTENSIONS)})")
     frame = pd.DataFrame(rows)
     unsplit = frame["split"] == ""
     frame.loc[unsplit, "split"] = assign_splits(frame.loc[unsplit, "track_id"])

@@ -279,7 +279,8 @@ def make_twins(
     ----------
     manifest : str, path-like or DataFrame
         Human tracks (rows labelled ``ai`` are ignored), in the project's manifest format; the
-        split of each track is kept.
+        split of each track is kept. A plain folder of audio files is read as human music,
+        each file's split from a hash of its path (`helpers.datasets.folder_manifest`).
     out_dir : str or path-like
         Gets ``human/``, ``<family>/<design>/``, ``manifest.csv`` (``family`` and
         ``design`` columns added; human rows have family ``human``), ``skipped.csv`` and
@@ -301,7 +302,7 @@ def make_twins(
     config = config or TwinConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frame = load_manifest(manifest)
+    frame = load_manifest(manifest, folder_label="human")
     frame = frame[frame["label"] == "human"]
     tracks, skipped = [], []
     for row in frame.to_dict("records"):

@@ -84,6 +84,24 @@ def test_folder_split_and_genre_subfolders(tmp_path):
     assert m.loc["human/train/rock/c", ["split", "genre"]].tolist() == ["train", "rock"]
 
 
+def test_plain_folder_is_read_with_a_label_and_refused_without(tmp_path):
+    for rel in ("a.wav", "jazz/b.flac", "test/c.ogg", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    with pytest.raises(ManifestError, match="manifest.csv or ai/ and human/"):
+        load_manifest(tmp_path)
+    m = load_manifest(tmp_path, folder_label="human").set_index("track_id")
+    assert sorted(m.index) == ["human/a", "human/jazz/b", "human/test/c"]  # no notes.txt
+    assert set(m["label"]) == {"human"}
+    assert m.loc["human/test/c", "split"] == "test" and m.loc["human/jazz/b", "genre"] == "jazz"
+    assert (m["path"].str.startswith(str(tmp_path))).all()
+    with pytest.raises(ValueError, match="label must be"):
+        folder_manifest(tmp_path, label="robot")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="no audio files in it"):
+        load_manifest(tmp_path / "empty", folder_label="human")
+
+
 def test_hash_splits_are_stable_and_roughly_proportional():
     keys = [f"song{i}" for i in range(3000)]
     splits = assign_splits(keys)

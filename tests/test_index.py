@@ -475,6 +475,17 @@ def test_small_catalogs_get_exact_search_unless_hnsw_is_asked_for(tmp_path):
                        hnsw=True).index_type == "hnsw"
 
 
+def test_cli_index_of_a_plain_folder_of_music(audio_folder, tmp_path, capsys):
+    from helpers.cli import main
+
+    out = tmp_path / "index"
+    # a user's music folder: no manifest, no ai/ or human/ level
+    assert main(["index", "--manifest", str(audio_folder / "human"), "--out", str(out),
+                 "--embedder", "features"]) == 0
+    catalog = CatalogIndex.load(out).catalog
+    assert set(catalog["title"]) == {f"human{i}" for i in range(6)}  # broken.wav failed
+
+
 def test_cli_index_label_all_keeps_both_labels_with_titles(audio_folder, tmp_path, capsys):
     from helpers.cli import main
 

@@ -137,6 +137,23 @@ def test_twins_command_writes_a_manifest(human_manifest, tmp_path):
     assert (frame["label"] == "ai").sum() == (frame["label"] == "human").sum() == 4
 
 
+def test_twins_of_a_plain_folder_of_music(tmp_path, capsys):
+    from helpers.cli import main
+
+    music_dir = tmp_path / "my music"
+    for i in range(3):
+        (music_dir / f"album{i % 2}").mkdir(parents=True, exist_ok=True)
+        sf.write(music_dir / f"album{i % 2}" / f"song{i}.wav", music(9.0, 22_050, seed=i),
+                 22_050)
+    assert main(["twins", "--manifest", str(music_dir), "--out", str(tmp_path / "tw"),
+                 "--family", "opus_lowrate", "--seconds", "3", "--jobs", "1"]) == 0
+    frame = load_manifest(tmp_path / "tw" / "manifest.csv")
+    assert (frame["label"] == "ai").sum() == (frame["label"] == "human").sum() == 3
+    # each twin keeps its original's split and track
+    pairs = frame.groupby("track_id")[["split", "label"]].nunique()
+    assert (pairs["split"] == 1).all() and (pairs["label"] == 2).all()
+
+
 @pytest.mark.parametrize("parent_used_torch", [False, True])
 def test_autoencoder_twins_with_worker_processes_do_not_hang(human_manifest, tmp_path,
                                                              parent_used_torch):
