@@ -240,7 +240,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     analyzer = Analyzer(args.run, args.index, k=args.k, threshold=args.threshold,
                         always_recommend=args.always_recommend)
     results = []
-    for path in args.audio:
+    for path in _audio_inputs(args.audio):
         # Not `analyze_many`: it also logs each bad file, and the results printed below
         # already say why each one failed; the message should appear once.
         try:
@@ -254,6 +254,18 @@ def cmd_recommend(args: argparse.Namespace) -> int:
               "above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _audio_inputs(paths: list[str]) -> list[str]:
+    """The files to analyse: each path as given, a folder replaced by its audio files
+    (recursively, sorted). A folder without audio stays, so its error is reported."""
+    from helpers.datasets import list_audio
+
+    out = []
+    for path in paths:
+        found = list_audio(path) if os.path.isdir(path) else []
+        out.extend([str(p) for p in found] or [path])
+    return out
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -448,7 +460,8 @@ def _add_recommend(sub: argparse._SubParsersAction) -> None:
                        "it looks AI-made. A run judges only music like its training data: a "
                        "demo-trained run says 'cannot judge' for any file outside its corpus, "
                        "and any run does so for a file far from its training clips.")
-    p.add_argument("audio", nargs="+", help="audio files")
+    p.add_argument("audio", nargs="+",
+                   help="audio files, or folders of them (searched recursively)")
     p.add_argument("--run", default=None,
                    help="classifier run folder (optional: without it, similarity search only)")
     p.add_argument("--index", required=True, help="index folder")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -99,6 +100,21 @@ def test_recommend_without_a_run_lists_similar_tracks(tmp_path):
     refused = subprocess.run([*command, "--windows"], capture_output=True, text=True,
                              timeout=300)
     assert refused.returncode == 2 and "need --run" in refused.stderr
+    # a folder stands for its audio files; one without any is reported, the rest answered
+    queries, empty = tmp_path / "queries", tmp_path / "nothing here"
+    (queries / "sub").mkdir(parents=True)
+    empty.mkdir()
+    sf.write(queries / "sub" / "a.wav", tone(1.0, 16_000, 310.0, seed=9), 16_000)
+    sf.write(queries / "b.flac", tone(1.0, 16_000, 510.0, seed=10), 16_000)
+    (queries / "notes.txt").write_text("not audio")
+    folder = subprocess.run(
+        [sys.executable, "-m", "helpers", "recommend", str(queries), str(empty), "--index",
+         str(tmp_path / "index"), "-k", "2", "--json"], capture_output=True, text=True,
+        timeout=300)
+    assert folder.returncode == 1
+    answered = json.loads(folder.stdout)
+    assert [Path(r["input"]).name for r in answered] == ["b.flac", "a.wav", "nothing here"]
+    assert "error" in answered[2] and all("recommendations" in r for r in answered[:2])
 
 
 def test_synth_writes_the_corpus_and_prints_its_manifest(tmp_path, capsys):
