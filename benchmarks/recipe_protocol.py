@@ -66,13 +66,25 @@ from helpers.twins import select  # noqa: E402
 
 WORK = rd.WORK / "recipe_protocol"
 RESULTS = Path(__file__).resolve().parent / "results" / "recipe_protocol.json"
-RECIPE = "fine+augment"  # `recipe_validation`'s decision, fixed before this script
-FRONTEND = rv.FRONTENDS["fine"]
 COPIES = 1
+#: The recipes this script can run. ``fine+augment`` is `recipe_validation`'s choice, fixed
+#: before this script; ``default+augment`` (the default front end plus the same copies, also
+#: adopted by that study's rule) was added when it became the CLI default, before any of its
+#: test numbers existed: the finer front end doubles every feature cache, including SONICS'
+#: and the GPU preset's, and moves `base` off SpecTTTra's published front end.
+RECIPES = {
+    "fine+augment": {"frontend": "fine", "cli": "train --augment 1 --n-fft 1024 "
+                     "--hop-length 256", "runs": WORK / "runs", "out": RESULTS},
+    "default+augment": {"frontend": "default", "cli": "train (the CLI default for tiny: "
+                        "--augment 1)", "runs": WORK / "runs_default+augment",
+                        "out": RESULTS.with_name("recipe_protocol_augment.json")},
+}
 
 
-def _cache() -> Path:
-    return rv._cache("fine")  # the validation study's fine-front-end cache: same files
+def _cache(recipe: str) -> Path:
+    """The fine front end: the validation study's cache (same files); the default one:
+    the detection benchmark's own."""
+    return rv._cache("fine") if RECIPES[recipe]["frontend"] == "fine" else rd._cache()
 
 
 def augmented(fit: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -83,19 +95,20 @@ def augmented(fit: pd.DataFrame, seed: int) -> pd.DataFrame:
     return rv._read_augmented(path)
 
 
-def train_run(job: tuple[pd.DataFrame, str, int]) -> Path:
-    """One Model 1 run with the chosen recipe (a spawned worker: one torch thread)."""
-    fit, name, seed = job
+def train_run(job: tuple[pd.DataFrame, str, int, str]) -> Path:
+    """One Model 1 run with `recipe` (a spawned worker: one torch thread)."""
+    fit, name, seed, recipe = job
     torch.set_num_threads(1)
-    run_dir = WORK / "runs" / name / f"spectttra_seed{seed}"
+    run_dir = RECIPES[recipe]["runs"] / name / f"spectttra_seed{seed}"
     config = TrainConfig(seed=seed)
-    settings = {"recipe": RECIPE, "config": config.to_dict(), "frontend": FRONTEND.to_dict(),
+    frontend = rv.FRONTENDS[RECIPES[recipe]["frontend"]]
+    settings = {"recipe": recipe, "config": config.to_dict(), "frontend": frontend.to_dict(),
                 "augment": list(rv.AUGMENT), "copies": COPIES,
                 "manifest": manifest_fingerprint(fit)}
 
     def build() -> None:
-        train(fit, run_dir, preset="tiny", train_config=config, cache_dir=_cache(),
-              progress=False, frontend=FRONTEND)
+        train(fit, run_dir, preset="tiny", train_config=config, cache_dir=_cache(recipe),
+              progress=False, frontend=frontend)
 
     prepare(run_dir, settings, build)
     return run_dir
@@ -130,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="parallel training runs")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--recipe", default="fine+augment", choices=list(RECIPES),
+                        help="fine+augment (recipe_validation's choice; the default) or "
+                             "default+augment (the CLI default)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default: one per recipe)")
     args = parser.parse_args(argv)
+    recipe = args.recipe
+    out = args.out or RECIPES[recipe]["out"]
+    frontend = rv.FRONTENDS[RECIPES[recipe]["frontend"]]
     t0 = time.perf_counter()
     torch.manual_seed(0)
     jit.prepare()
@@ -140,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     perturbed = rd.perturbed_test(paired, "paired")
     fit_rows = paired[paired["split"].isin(["train", "val"])]
     copies = {seed: augmented(fit_rows, seed) for seed in args.seeds}
-    preprocess(pd.concat([paired, perturbed, *copies.values()], ignore_index=True), _cache(),
-               config=FRONTEND, progress=True)
+    preprocess(pd.concat([paired, perturbed, *copies.values()], ignore_index=True),
+               _cache(recipe), config=frontend, progress=True)
     sets = rd.training_sets()
-    todo = [(select(copies[seed], families), name, seed)
+    todo = [(select(copies[seed], families), name, seed, recipe)
             for name, families in sets.items() for seed in args.seeds]
     # Spawned, not forked: a forked child that uses torch after the parent did can hang.
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -153,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for name, families in sets.items():
         scorers = {"spectttra": [rd._net_scorer(train_run((select(copies[s], families), name,
-                                                           s)), cache_dir=_cache())
+                                                           s, recipe)), cache_dir=_cache(recipe))
                                  for s in args.seeds],
                    **{m: [rd.train_lr(select(fit_rows, families), m)] for m in rd.FEATURE_MODELS}}
         val = select(fit_rows[fit_rows["split"] == "val"], families)
@@ -170,10 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "recipe_protocol",
         "description": __doc__.split("\n\n")[0],
         "data": "as benchmarks/real_detection.json (paired design)",
-        "recipe": {"name": RECIPE, "frontend": FRONTEND.to_dict(), "augment": list(rv.AUGMENT),
+        "recipe": {"name": recipe, "frontend": frontend.to_dict(), "augment": list(rv.AUGMENT),
                    "copies_per_training_clip": COPIES, "preset": "tiny",
-                   "train_config": "TrainConfig(seed=s): the CLI defaults",
-                   "cli": "train --augment 1 --n-fft 1024 --hop-length 256"},
+                   "train_config": "TrainConfig(seed=s)", "cli": RECIPES[recipe]["cli"]},
         "seeds": args.seeds,
         "training_files_per_seed": {str(s): int((c["split"] == "train").sum())
                                     for s, c in copies.items()},
@@ -182,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": rd.summary({"paired": results}, models=(*rd.MODELS, "combined")),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    write_result(args.out, payload, config=vars(args))
+    write_result(out, payload, config={**vars(args), "out": str(out)})
     print(json.dumps(payload["summary"], indent=1))
     return 0
 
