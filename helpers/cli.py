@@ -131,8 +131,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     # On --resume without flags, keep the run's own settings (train refuses changed ones).
     config = None if args.resume and not overrides else TrainConfig(**overrides)
     manifest = args.manifest
-    if args.augment:
-        manifest = _augmented(args, config or TrainConfig())
+    augment = args.augment
+    if augment is None:  # the preset's default
+        augment = DEFAULT_AUGMENT[args.preset]
+        if args.resume and not (Path(args.out) / "augmented" / "manifest.csv").exists():
+            augment = 0  # a run made without copies resumes as it was made
+    if augment:
+        manifest = _augmented(args, augment, config or TrainConfig())
     preset = args.preset
     if args.input_norm is not None:  # a resumed run keeps its own model settings anyway
         from helpers.model import PRESETS
@@ -142,6 +147,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 cache_dir=args.cache, resume=args.resume, frontend=_frontend(args))
     print(f"run written: {run}")
     return 0
+
+
+#: ``train --augment`` when not given, per preset: one copy for ``tiny`` (the recipe
+#: `benchmarks.recipe_validation` adopted; measured in `benchmarks.recipe_protocol`), none for
+#: ``base``, whose data (SONICS) is large enough that copies cost disk, not robustness.
+DEFAULT_AUGMENT = {"tiny": 1, "base": 0}
 
 
 def _augment_copies(text: str) -> int:
@@ -159,20 +170,25 @@ def _augment_copies(text: str) -> int:
     return n
 
 
-def _augmented(args: argparse.Namespace, config: TrainConfig) -> Path:
-    """``RUN/augmented/manifest.csv``: the manifest plus `--augment` perturbed copies of each
+def _augmented(args: argparse.Namespace, copies: int, config: TrainConfig) -> Path:
+    """``RUN/augmented/manifest.csv``: the manifest plus `copies` perturbed copies of each
     training clip (validation carved first, by track, so no copy of a validation song is
-    trained on). Copies already there are reused, so --resume does not redo them."""
-    from helpers.perturb import TRAIN_AUGMENT, perturbed_manifest
+    trained on). Only the front end's clip (plus what a perturbation consumes) is copied.
+    Copies already there are reused, so --resume does not redo them."""
+    from helpers.datasets import load_manifest
+    from helpers.perturb import EXTRA_SECONDS, TRAIN_AUGMENT, perturbed_manifest
 
     out = Path(args.out) / "augmented"
     if args.resume and (out / "manifest.csv").exists():
         return out / "manifest.csv"  # the run's own copies (drawn with the run's seed)
-    print(f"augment: {args.augment} perturbed cop{'y' if args.augment == 1 else 'ies'} per "
-          f"training clip, drawn from {', '.join(TRAIN_AUGMENT)}", file=sys.stderr)
-    return perturbed_manifest(args.manifest, out,
-                              perturbations=list(TRAIN_AUGMENT), copies=args.augment,
-                              seed=config.seed, val_fraction=config.val_fraction)
+    manifest = load_manifest(args.manifest)  # a bad one is reported before anything else
+    print(f"augment: {copies} perturbed cop{'y' if copies == 1 else 'ies'} per training "
+          f"clip, drawn from {', '.join(TRAIN_AUGMENT)} (--augment 0: none)", file=sys.stderr)
+    # the faster stretch reads 10 % more, the intro trim EXTRA_SECONDS more
+    seconds = (args.duration or FrontEndConfig().duration) * 1.1 + EXTRA_SECONDS
+    return perturbed_manifest(manifest, out, perturbations=list(TRAIN_AUGMENT),
+                              copies=copies, seed=config.seed,
+                              val_fraction=config.val_fraction, max_seconds=seconds)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -365,12 +381,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "the mean of its windows (default 10; 0 = whole clips)")
     p.add_argument("--crops-per-clip", type=int, default=None, metavar="N",
                    help="random windows per clip per epoch (default 3)")
-    p.add_argument("--augment", type=_augment_copies, default=0, metavar="N",
-                   help="before training, write N perturbed copies of each training clip "
-                        "(pitch +-1/2 semitones, MP3 128k, Opus 64k, noise at 20/30 dB; "
-                        "under RUN/augmented) and train on them too (default 0). With "
-                        "--n-fft 1024 --hop-length 256 this is the recipe chosen on "
-                        "validation composers in benchmarks/recipe_validation")
+    p.add_argument("--augment", type=_augment_copies, default=None, metavar="N",
+                   help="before training, write N perturbed copies of each training clip's "
+                        "first seconds (pitch +-1/2 semitones, MP3 128k, Opus 64k, noise at "
+                        "20/30 dB; under RUN/augmented) and train on them too. Default: 1 "
+                        "with --preset tiny (chosen on validation composers, "
+                        "benchmarks/recipe_validation: more robust to MP3 and pitch shift), "
+                        "0 with base (meant for SONICS-sized data, where the copies would "
+                        "need as much disk again); 0 turns it off")
     p.add_argument("--input-norm", choices=["clip", "band"], default=None,
                    help="clip (default): each window to zero mean, unit variance; band: each "
                         "mel band's mean over the window removed first, so a composer's "

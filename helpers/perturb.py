@@ -26,6 +26,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -261,6 +262,24 @@ def _short_hash(text: str) -> str:
 # ------------------------------------------------------------------------------------------
 
 
+#: Bytes per second of a 16-bit mono copy at the highest rate the copies keep (48 kHz): the
+#: disk check's upper bound.
+_BYTES_PER_SECOND = 2 * 48_000
+
+
+def _check_disk(out: Path, n_files: int, seconds: float) -> None:
+    """Refuse before writing when `n_files` copies of `seconds` cannot fit under `out`."""
+    need = n_files * seconds * _BYTES_PER_SECOND
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise OSError(f"{out}: {n_files} augmented copies need up to {need / 1e9:.1f} GB, "
+                      f"{free / 1e9:.1f} GB free there; free space, train with fewer copies "
+                      "(--augment 0 turns augmentation off), or put the run on another disk")
+
+
 def perturbed_manifest(
     manifest: str | os.PathLike | pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -269,6 +288,7 @@ def perturbed_manifest(
     seed: int = 0,
     val_fraction: float = 0.15,
     progress: bool = True,
+    max_seconds: float | None = None,
 ) -> Path:
     """Write perturbed audio copies of the training split and a manifest to train on.
 
@@ -294,6 +314,11 @@ def perturbed_manifest(
     val_fraction : float
         Used only when the validation split must be carved; pass the `TrainConfig`'s value.
     progress : bool
+    max_seconds : float, optional
+        Copy only the first `max_seconds` of each file (training reads only the front end's
+        clip from the start; pass its duration plus what a perturbation may consume, see
+        `EXTRA_SECONDS`). Then the disk the copies need is checked first. ``None``: whole
+        files.
 
     Returns
     -------
@@ -310,6 +335,8 @@ def perturbed_manifest(
     frame["perturbation"] = ""
     frame["parent_track_id"] = frame["track_id"]
     train_rows = frame[frame["split"] == "train"]
+    if max_seconds is not None:
+        _check_disk(out, len(train_rows) * copies, max_seconds)
     rng = np.random.default_rng(seed)
     added = []
     for idx, row in tqdm(train_rows.iterrows(), total=len(train_rows), desc="perturb",
@@ -326,7 +353,7 @@ def perturbed_manifest(
             if not target.exists():
                 if y is None:
                     try:
-                        y, sr = read_audio(row["path"], max_seconds=None)
+                        y, sr = read_audio(row["path"], max_seconds=max_seconds)
                     except AudioError as err:
                         log.warning("skipped: %s", err)
                         break

@@ -154,6 +154,36 @@ def test_train_recipe_flags_reach_the_run(tmp_path):
     assert len(trained[trained["split"] == "train"]) == 2 * len(copies)
 
 
+@pytest.mark.parametrize("flags, copies", [([], 1), (["--preset", "base"], 0),
+                                           (["--augment", "0"], 0), (["--resume"], 0)])
+def test_train_augments_by_default_with_tiny_only(tmp_path, monkeypatch, flags, copies):
+    import helpers.train
+
+    rows = []
+    for i in range(8):
+        sf.write(tmp_path / f"c{i}.wav", tone(40.0, 8_000, 220.0 * (1 + i % 4), seed=i), 8_000)
+        rows.append({"path": f"c{i}.wav", "label": "ai" if i % 2 else "human",
+                     "split": "train", "track_id": f"t{i}"})
+    csv = write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+    seen = {}
+    monkeypatch.setattr(helpers.train, "train",
+                        lambda manifest, out, **kw: seen.setdefault("manifest", manifest))
+    assert main(["train", "--manifest", str(csv), "--out", str(tmp_path / "run"), *flags]) == 0
+    augmented = tmp_path / "run" / "augmented" / "manifest.csv"
+    # a run resumed without copies of its own (made before the default) stays without
+    assert augmented.exists() == bool(copies)
+    if copies:
+        assert Path(seen["manifest"]) == augmented
+        frame = pd.read_csv(augmented).fillna({"perturbation": ""})
+        made = frame[frame["perturbation"] != ""]
+        assert len(made) == (frame.loc[frame["perturbation"] == "", "split"] == "train").sum()
+        # only the front end's 30 s (+ what a perturbation consumes) are copied, not 40 s
+        assert all(sf.info(augmented.parent / p).duration <= 30 * 1.1 + 5 + 0.01
+                   for p in made["path"])
+    else:
+        assert Path(seen["manifest"]) == csv
+
+
 @pytest.mark.parametrize("value", ["-1", "9", "two"])
 def test_train_refuses_a_bad_augment_count_before_any_work(value, capsys):
     with pytest.raises(SystemExit) as info:

@@ -293,7 +293,8 @@ def killed_and_resumed(tmp_path_factory) -> dict:
                       train_config=TrainConfig(epochs=EPOCHS, batch_size=2, seed=1))
     run = root / "killed"
     args = ["train", "--manifest", str(manifest), "--out", str(run), "--cache", str(cache),
-            "--duration", "2", "--epochs", str(EPOCHS), "--batch-size", "2", "--seed", "1"]
+            "--duration", "2", "--epochs", str(EPOCHS), "--batch-size", "2", "--seed", "1",
+            "--augment", "0"]  # the reference trains on the manifest as it is
     proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_when(proc, (run / "last.pt").exists, "the first epoch's checkpoint")
     at_kill = torch.load(run / "last.pt", weights_only=True)

@@ -175,6 +175,19 @@ def test_perturbed_manifest_adds_copies_of_train_rows_only(small_manifest, tmp_p
     assert pd.read_csv(again, dtype=str, keep_default_na=False).equals(out)
 
 
+def test_perturbed_copies_check_the_disk_before_writing(small_manifest, tmp_path, monkeypatch):
+    import shutil
+
+    from helpers import perturb
+
+    monkeypatch.setattr(perturb.shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match="augmented copies need up to .* GB free.*--augment 0"):
+        perturbed_manifest(small_manifest, tmp_path / "augmented", perturbations=["gain-6dB"],
+                           copies=1, progress=False, max_seconds=30.0)
+    assert not (tmp_path / "augmented" / "audio").exists()
+
+
 def test_perturbed_copies_hold_the_perturbed_audio(small_manifest, tmp_path):
     path = perturbed_manifest(small_manifest, tmp_path / "augmented", perturbations=["gain-6dB"],
                               copies=1, progress=False)
