@@ -48,11 +48,14 @@ BENCHMARKS: dict[str, list[str]] = {
     "generic_artifacts": [],
     "recipe_validation": [],
     "recipe_protocol": [],
+    "recipe_protocol_augment": ["--recipe", "default+augment"],
     "consistency": [],
     "input_norm_synthetic": [],
     "real_robustness": [],
     "real_retrieval": [],
 }
+#: Entries of `BENCHMARKS` that run another entry's script with other arguments.
+SCRIPT_OF = {"recipe_protocol_augment": "recipe_protocol"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -70,12 +73,13 @@ def run_benchmarks(names: list[str]) -> dict[str, dict[str, Any]]:
     """
     outcome: dict[str, dict[str, Any]] = {}
     for name in names:
-        script = HERE / f"{name}.py"
+        module = SCRIPT_OF.get(name, name)
+        script = HERE / f"{module}.py"
         if not script.exists():
             print(f"[{name}] skipped: {script.name} does not exist", flush=True)
             outcome[name] = {"status": "missing", "seconds": 0.0}
             continue
-        cmd = [sys.executable, "-m", f"benchmarks.{name}", *BENCHMARKS.get(name, [])]
+        cmd = [sys.executable, "-m", f"benchmarks.{module}", *BENCHMARKS.get(name, [])]
         print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run(cmd, cwd=ROOT).returncode
@@ -465,8 +469,10 @@ def _study_rows(d: dict, label: str) -> list[Row]:
 
 
 def _recipe_protocol(d: dict) -> list[Row]:
-    """The chosen recipe through the detection protocol."""
-    return _study_rows(d, f"recipe {_get(d, 'recipe', 'name', default='?')}, opt-in")
+    """A recipe through the detection protocol (``default+augment`` is the CLI's default)."""
+    name = _get(d, "recipe", "name", default="?")
+    return _study_rows(d, f"recipe {name}, "
+                          f"{'the CLI default' if name == 'default+augment' else 'opt-in'}")
 
 
 def _consistency(d: dict) -> list[Row]:
@@ -609,6 +615,7 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("generic_artifacts.json", _generic_artifacts, "real detection"),
     ("recipe_validation.json", _recipe, "real detection"),
     ("recipe_protocol.json", _recipe_protocol, "real detection"),
+    ("recipe_protocol_augment.json", _recipe_protocol, "real detection"),
     ("consistency.json", _consistency, "real detection"),
     ("input_norm_synthetic.json", _input_norm, "synthetic detection"),
     ("real_robustness.json", _robustness, "robustness"),
