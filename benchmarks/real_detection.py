@@ -23,9 +23,11 @@ The protocol (every choice below was fixed before the first test number was read
 * **Training sets.** Each family alone, and all families but one (leave-one-family-out).
   Validation holds the human val excerpts and the AI val excerpts of the *training* families
   only: a held-out family is never looked at before the test.
-* **Models.** Model 1 = ``tiny`` SpecTTTra with ``TrainConfig(seed=s)`` (the CLI defaults:
-  random 10 s windows, window-averaged scoring; a run made with another input
-  normalisation is never reused); the ViT-patch baseline with the same recipe; the hand-crafted
+* **Models.** Model 1 = ``tiny`` SpecTTTra with ``TrainConfig(seed=s)`` (the defaults of
+  `helpers.train.train`: random 10 s windows, window-averaged scoring; no waveform
+  augmentation, which the CLI's ``train`` now adds by default and
+  `benchmarks.recipe_protocol` measures; a run made with another input normalisation is
+  never reused); the ViT-patch baseline with the same recipe; the hand-crafted
   artifact-feature logistic regression (`helpers.baselines`), its C chosen by grouped
   cross-validation on the training rows and its threshold on validation.
 * **Artifact-agnostic.** The human-deviation baseline
@@ -258,7 +260,7 @@ def _net_scorer(run_dir: Path, cache_dir: Path | None = None) -> _Scorer:
 
 
 def train_net(frame: pd.DataFrame, name: str, kind: str, seed: int) -> Path:
-    """Model 1 (or the ViT baseline) with the CLI defaults, once per settings."""
+    """Model 1 (or the ViT baseline) with `train()`'s defaults, once per settings."""
     run_dir = WORK / "runs" / name / f"{kind}_seed{seed}"
     config = TrainConfig(seed=seed)
     fit = frame[frame["split"].isin(["train", "val"])]
@@ -528,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
             "autoencoder": read_json(WORK / "twins_paired" / "twins.json"),
         },
         "protocol": {"seeds": args.seeds, "models": args.models,
-                     "train_config": "TrainConfig(seed=s): the CLI defaults",
+                     "train_config": "TrainConfig(seed=s): train()'s defaults, no waveform "
+                                     "augmentation",
                      "preset": "tiny", "model": PRESETS["tiny"].to_dict(),
                      "frontend": _frontend().to_dict(),
                      "perturbations": list(PERTURBATIONS), "targets": TARGETS},

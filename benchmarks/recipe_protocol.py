@@ -6,10 +6,13 @@ Why
 front end, n_fft 1024 / hop 256 at 16 kHz, plus one perturbed waveform copy per training
 clip: ``train --augment 1 --n-fft 1024 --hop-length 256``) and read the test packages once
 for it, in-family only, with each run's threshold set on a carve of its own training
-composers. The CLI default is still the old recipe, so `benchmarks.real_detection` measures
-that one. This script answers what the protocol's table would say with the chosen recipe:
-the cross-family cells (train on one family or on all but one, test on every family) and
-the false-alarm rate at the threshold set on the validation composer.
+composers. `benchmarks.real_detection` trains without waveform augmentation (the Python
+`train()` defaults). This script answers what the protocol's table says with a recipe: the
+cross-family cells (train on one family or on all but one, test on every family) and the
+false-alarm rate at the threshold set on the validation composer. ``--recipe
+default+augment`` runs the CLI's default for ``tiny`` (the default front end plus the same
+one copy per clip, `helpers.cli.DEFAULT_AUGMENT`), which writes
+``results/recipe_protocol_augment.json``.
 
 Protocol: `benchmarks.real_detection`'s paired design, unchanged: the same tracks, splits
 (train packages / wesnoth for validation, thresholds and calibration / three test
