@@ -124,13 +124,18 @@ def test_synth_writes_the_corpus_and_prints_its_manifest(tmp_path, capsys):
     assert len(pd.read_csv(printed)) == 12  # 6 styles x 2 labels
 
 
-def test_train_recipe_flags_reach_the_run(tmp_path):
+def _training_manifest(folder: Path, seconds: float, sr: int) -> Path:
+    """Eight tones, alternately labelled, all in the train split (val is carved from them)."""
     rows = []
     for i in range(8):
-        sf.write(tmp_path / f"c{i}.wav", tone(2.0, 16_000, 220.0 * (1 + i % 4), seed=i), 16_000)
+        sf.write(folder / f"c{i}.wav", tone(seconds, sr, 220.0 * (1 + i % 4), seed=i), sr)
         rows.append({"path": f"c{i}.wav", "label": "ai" if i % 2 else "human",
                      "split": "train", "track_id": f"t{i}"})
-    csv = write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+    return write_manifest(pd.DataFrame(rows), folder / "manifest.csv")
+
+
+def test_train_recipe_flags_reach_the_run(tmp_path):
+    csv = _training_manifest(tmp_path, 2.0, 16_000)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "helpers", "train", "--manifest", str(csv), "--out",
                str(run), "--epochs", "1", "--batch-size", "4", "--duration", "2",
@@ -159,12 +164,7 @@ def test_train_recipe_flags_reach_the_run(tmp_path):
 def test_train_augments_by_default_with_tiny_only(tmp_path, monkeypatch, flags, copies):
     import helpers.train
 
-    rows = []
-    for i in range(8):
-        sf.write(tmp_path / f"c{i}.wav", tone(40.0, 8_000, 220.0 * (1 + i % 4), seed=i), 8_000)
-        rows.append({"path": f"c{i}.wav", "label": "ai" if i % 2 else "human",
-                     "split": "train", "track_id": f"t{i}"})
-    csv = write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+    csv = _training_manifest(tmp_path, 40.0, 8_000)
     seen = {}
     monkeypatch.setattr(helpers.train, "train",
                         lambda manifest, out, **kw: seen.setdefault("manifest", manifest))
