@@ -96,16 +96,19 @@ def _probe(name: str, y: np.ndarray, sr: int, cfg: ConsistencyConfig) -> np.ndar
     return out.astype(np.float32)
 
 
-def _band_distance(y: np.ndarray, z: np.ndarray, sr: int, cfg: ConsistencyConfig
-                   ) -> np.ndarray:
-    """Mean |dB difference| of the mel spectra of `y` and `z`, per band group; the floor is
-    80 dB below `y`'s loudest bin, so level and near-silent bins do not count."""
+def _mel(y: np.ndarray, sr: int, cfg: ConsistencyConfig) -> np.ndarray:
     fc = cfg.features
-    mels = [librosa.feature.melspectrogram(y=a, sr=sr, n_fft=fc.n_fft, hop_length=fc.hop_length,
-                                           n_mels=fc.n_mels) for a in (y, z)]
-    floor = max(float(mels[0].max()), 1e-20) * 10 ** (-fc.top_db / 10)
-    diff = np.abs(10 * np.log10(np.maximum(mels[0], floor))
-                  - 10 * np.log10(np.maximum(mels[1], floor)))  # (n_mels, frames)
+    return librosa.feature.melspectrogram(y=y, sr=sr, n_fft=fc.n_fft, hop_length=fc.hop_length,
+                                          n_mels=fc.n_mels)
+
+
+def _band_distance(mel_y: np.ndarray, mel_z: np.ndarray, cfg: ConsistencyConfig) -> np.ndarray:
+    """Mean |dB difference| of two mel spectra (the clip's, `mel_y`, and its probe's), per
+    band group; the floor is 80 dB below the clip's loudest bin, so level and near-silent
+    bins do not count."""
+    floor = max(float(mel_y.max()), 1e-20) * 10 ** (-cfg.features.top_db / 10)
+    diff = np.abs(10 * np.log10(np.maximum(mel_y, floor))
+                  - 10 * np.log10(np.maximum(mel_z, floor)))  # (n_mels, frames)
     groups = np.array_split(diff, cfg.n_band_groups, axis=0)
     return np.array([g.mean() for g in groups])
 
@@ -149,10 +152,10 @@ def consistency_features(y: np.ndarray, sr: int, config: ConsistencyConfig | Non
         y = resample(y, sr, rate)
     if len(y) < cfg.gl_n_fft:
         raise ValueError(f"need at least {cfg.gl_n_fft} samples at {rate} Hz, got {len(y)}")
-    own = artifact_features(y, rate, cfg.features)
+    own, own_mel = artifact_features(y, rate, cfg.features), _mel(y, rate, cfg)
     parts = []
     for name in cfg.probes:
         z = _probe(name, y, rate, cfg)
         parts += [artifact_features(z, rate, cfg.features) - own,
-                  _band_distance(y, z, rate, cfg)]
+                  _band_distance(own_mel, _mel(z, rate, cfg), cfg)]
     return np.nan_to_num(np.concatenate(parts), nan=0.0, posinf=0.0, neginf=0.0)
