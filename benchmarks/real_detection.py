@@ -23,13 +23,15 @@ The protocol (every choice below was fixed before the first test number was read
 * **Training sets.** Each family alone, and all families but one (leave-one-family-out).
   Validation holds the human val excerpts and the AI val excerpts of the *training* families
   only: a held-out family is never looked at before the test.
-* **Models.** Model 1 = ``tiny`` SpecTTTra with ``TrainConfig(seed=s)`` (the defaults of
-  `helpers.train.train`: random 10 s windows, window-averaged scoring; no waveform
-  augmentation, which the CLI's ``train`` now adds by default and
-  `benchmarks.recipe_protocol` measures; a run made with another input normalisation is
-  never reused); the ViT-patch baseline with the same recipe; the hand-crafted
-  artifact-feature logistic regression (`helpers.baselines`), its C chosen by grouped
-  cross-validation on the training rows and its threshold on validation.
+* **Models.** Model 1 = ``tiny`` SpecTTTra trained as ``python -m helpers train --preset
+  tiny`` trains it: ``TrainConfig(seed=s)`` (random 10 s windows, window-averaged scoring)
+  on the training rows plus one perturbed copy of each training clip
+  (`helpers.cli.DEFAULT_AUGMENT`; `augmented`). ``--augment 0`` trains without copies, as
+  the Python `helpers.train.train` does (``results/real_detection_noaug.json``, the table
+  before the CLI default changed). A run made with another input normalisation is never
+  reused. The ViT-patch baseline gets the same recipe; the hand-crafted artifact-feature
+  logistic regression (`helpers.baselines`) is fitted on the unperturbed training rows, its
+  C chosen by grouped cross-validation on them and its threshold on validation.
 * **Artifact-agnostic.** The human-deviation baseline
   (`helpers.baselines.HumanDeviationBaseline`) is fitted on human training clips only and
   scores the Mahalanobis distance of a clip's artifact features from them: it never sees
@@ -57,11 +59,13 @@ These are proxies of AI music: the AI class is made by this project from human r
 detector that separates them has learnt these families' traces; it says nothing about a
 commercial generator's.
 
-Run from the repository root (about an hour on 2 CPU cores; finished pieces are reused when
-their settings match, so an interrupted run resumes)::
+Run from the repository root (one to two hours on 2 CPU cores; finished pieces are reused
+when their settings match, so an interrupted run resumes)::
 
     python -m benchmarks.real_detection
     python -m benchmarks.real_detection --seeds 0 --models spectttra lr   # a quick look
+    python -m benchmarks.real_detection --augment 0 \
+        --out benchmarks/results/real_detection_noaug.json   # without copies
 """
 
 from __future__ import annotations
@@ -97,12 +101,18 @@ from helpers.baselines import (  # noqa: E402
     features_for_files,  # noqa: E402
 )
 from helpers.cache import CacheDataset, preprocess  # noqa: E402
+from helpers.cli import DEFAULT_AUGMENT  # noqa: E402
 from helpers.config import FrontEndConfig  # noqa: E402
 from helpers.datasets import manifest_fingerprint  # noqa: E402
 from helpers.io import atomic_path, read_json, write_npy  # noqa: E402
 from helpers.metrics import choose_threshold_max_f1, threshold_for_fpr  # noqa: E402
 from helpers.model import PRESETS  # noqa: E402
-from helpers.perturb import apply_perturbation, perturbation_rng  # noqa: E402
+from helpers.perturb import (  # noqa: E402
+    TRAIN_AUGMENT,
+    apply_perturbation,
+    perturbation_rng,
+    perturbed_manifest,
+)
 from helpers.run import load_run, predict_logits  # noqa: E402
 from helpers.train import TrainConfig, calibrate, train  # noqa: E402
 from helpers.twins import FAMILIES, TwinConfig, make_twins, select  # noqa: E402
@@ -133,6 +143,12 @@ CURVE_PACKAGES = ("hedgewars-data", "freedroidrpg-data", "flare-game")
 WIDER = "paired_wider_pool"
 MODELS = ("spectttra", "vit", "lr", "deviation")
 FEATURE_MODELS = ("lr", "deviation")
+#: Perturbed training copies per clip for Model 1 and the ViT: what ``train`` does for ``tiny``.
+COPIES = DEFAULT_AUGMENT["tiny"]
+#: Where a design's perturbed training copies are written (a folder per seed): the paired
+#: design's were first made by `benchmarks.recipe_protocol`, whose runs are these (paths are
+#: part of a run's fingerprint, so they stay where they were made).
+AUGMENTED_DIRS = {"paired": WORK / "recipe_protocol" / "augmented"}
 TARGETS = {"clean_roc_auc": 0.99, "perturbed_roc_auc": 0.95, "fpr_on_human": 0.05,
            "unseen_family_roc_auc": 0.75}
 
@@ -259,13 +275,29 @@ def _net_scorer(run_dir: Path, cache_dir: Path | None = None) -> _Scorer:
     return _Scorer(score, {"val_max_f1": cal.threshold, "val_fpr_5pct": cal.fpr_threshold})
 
 
-def train_net(frame: pd.DataFrame, name: str, kind: str, seed: int) -> Path:
-    """Model 1 (or the ViT baseline) with `train()`'s defaults, once per settings."""
-    run_dir = WORK / "runs" / name / f"{kind}_seed{seed}"
+def runs_dir(copies: int) -> Path:
+    """Where the runs trained with `copies` perturbed copies per clip live."""
+    return WORK / ("runs" if copies == 0 else f"runs_augment{copies}")
+
+
+def train_net(frame: pd.DataFrame, name: str, kind: str, seed: int, copies: int = 0) -> Path:
+    """Model 1 (or the ViT baseline) with `train()`'s defaults, once per settings.
+
+    `frame` is what it trains on: with ``copies`` > 0, an `augmented` manifest (``copies``
+    only names the run folder and its fingerprint).
+    """
+    run_dir = runs_dir(copies) / name / f"{kind}_seed{seed}"
     config = TrainConfig(seed=seed)
     fit = frame[frame["split"].isin(["train", "val"])]
-    settings = {"kind": kind, "config": config.to_dict(), "frontend": _frontend().to_dict(),
-                "manifest": manifest_fingerprint(fit)}
+    if copies:  # the fingerprint `benchmarks.recipe_protocol` gave these runs first
+        settings = {"recipe": "default+augment", "config": config.to_dict(),
+                    "frontend": _frontend().to_dict(), "augment": list(TRAIN_AUGMENT),
+                    "copies": copies, "manifest": manifest_fingerprint(fit)}
+        if kind != "spectttra":
+            settings["kind"] = kind
+    else:
+        settings = {"kind": kind, "config": config.to_dict(), "frontend": _frontend().to_dict(),
+                    "manifest": manifest_fingerprint(fit)}
     if PRESETS["tiny"].input_norm != "clip":  # only then, so the cached "clip" runs stay valid
         settings["model"] = PRESETS["tiny"].to_dict()
 
@@ -275,6 +307,46 @@ def train_net(frame: pd.DataFrame, name: str, kind: str, seed: int) -> Path:
 
     prepare(run_dir, settings, build)
     return run_dir
+
+
+def augmented(fit: pd.DataFrame, seed: int, prefix: str, copies: int = COPIES) -> pd.DataFrame:
+    """`fit` (train and val rows) plus `copies` perturbed copies of each train row.
+
+    The copies are drawn as ``train --augment`` draws them (`helpers.perturb.perturbed_manifest`
+    with `helpers.perturb.TRAIN_AUGMENT`, the validation rows never copied); one manifest per
+    design and seed, so every training set of the design selects its rows from it. Made once,
+    then reused. ``copies == 0`` returns `fit` itself.
+    """
+    if copies == 0:
+        return fit
+    folder = AUGMENTED_DIRS.get(prefix, WORK / "augmented" / prefix)
+    out = folder / (f"seed{seed}" if copies == 1 else f"seed{seed}_x{copies}")
+    path = perturbed_manifest(fit, out, perturbations=list(TRAIN_AUGMENT), copies=copies,
+                              seed=seed, val_fraction=TrainConfig().val_fraction,
+                              progress=False)
+    return read_augmented(path)
+
+
+def read_augmented(path: Path) -> pd.DataFrame:
+    """A `perturbed_manifest` manifest with its copies' relative paths made absolute."""
+    frame = pd.read_csv(path)
+    frame["path"] = [p if Path(p).is_absolute() else str((path.parent / p).resolve())
+                     for p in frame["path"]]
+    return frame
+
+
+def _augmented_job(job: tuple[pd.DataFrame, int, str, int]) -> pd.DataFrame:
+    return augmented(*job)
+
+
+def augmented_per_seed(fit: pd.DataFrame, seeds: list[int], prefix: str, copies: int,
+                       jobs: int) -> dict[int, pd.DataFrame]:
+    """`augmented` for each seed, `jobs` seeds at a time (pitch shifts and codecs are slow)."""
+    if copies == 0:
+        return dict.fromkeys(seeds, fit)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        frames = list(pool.map(_augmented_job, [(fit, s, prefix, copies) for s in seeds]))
+    return dict(zip(seeds, frames, strict=True))
 
 
 def _lr_features(paths: list[str]) -> np.ndarray:
@@ -347,24 +419,31 @@ def _seeds_for(model: str, seeds: list[int], vit_seeds: int) -> list[int]:
 
 
 def run_design(frame: pd.DataFrame, design: str, sets: dict[str, list[str]], models: list[str],
-               seeds: list[int], vit_seeds: int, jobs: int, prefix: str | None = None
-               ) -> dict[str, Any]:
+               seeds: list[int], vit_seeds: int, jobs: int, prefix: str | None = None,
+               copies: int = COPIES) -> dict[str, Any]:
     """Train every (training set, model, seed) of one design and score it (runs are named
-    ``<prefix>/<set>``, `prefix` defaulting to `design`)."""
+    ``<prefix>/<set>``, `prefix` defaulting to `design`; `copies` perturbed copies per
+    training clip for the networks)."""
     prefix = prefix or design
     perturbed = perturbed_test(frame, design)
-    everything = pd.concat([frame, perturbed], ignore_index=True)
-    preprocess(everything, _cache(), config=_frontend(), progress=True)
+    fit_rows = frame[frame["split"].isin(["train", "val"])]
+    nets = [m for m in models if m not in FEATURE_MODELS]
+    net_seeds = sorted({s for m in nets for s in _seeds_for(m, seeds, vit_seeds)})
+    copied = augmented_per_seed(fit_rows, net_seeds, prefix, copies, jobs) if nets else {}
+    everything = pd.concat([frame, perturbed, *copied.values()], ignore_index=True)
+    preprocess(everything.drop_duplicates("path"), _cache(), config=_frontend(), progress=True)
     if set(models) & set(FEATURE_MODELS):  # every file's features, in parallel, first
-        paths = everything["path"].tolist()
+        paths = pd.concat([frame, perturbed])["path"].tolist()
         with jit.process_pool(jobs) as pool:
             list(pool.map(_lr_features, [paths[i::jobs] for i in range(jobs)]))
-    fits = {name: select(frame[frame["split"].isin(["train", "val"])], families)
-            for name, families in sets.items()}
+    fits = {name: select(fit_rows, families) for name, families in sets.items()}
+
+    def net_fit(name: str, seed: int) -> pd.DataFrame:
+        return select(copied[seed], sets[name])
+
     # Training runs are independent: `jobs` at a time (tiny trains on one thread each).
-    todo = [(fits[name], f"{prefix}/{name}", model, seed) for name in sets
-            for model in models if model not in FEATURE_MODELS
-            for seed in _seeds_for(model, seeds, vit_seeds)]
+    todo = [(net_fit(name, seed), f"{prefix}/{name}", model, seed, copies) for name in sets
+            for model in nets for seed in _seeds_for(model, seeds, vit_seeds)]
     # Spawned, not forked: this process may have run torch with its OpenMP pool, and a forked
     # child that uses torch then hangs.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -377,7 +456,8 @@ def run_design(frame: pd.DataFrame, design: str, sets: dict[str, list[str]], mod
             runs = []
             for seed in _seeds_for(model, seeds, vit_seeds):
                 scorer = (train_lr(fits[name], model) if model in FEATURE_MODELS else
-                          _net_scorer(train_net(fits[name], f"{prefix}/{name}", model, seed)))
+                          _net_scorer(train_net(net_fit(name, seed), f"{prefix}/{name}", model,
+                                                seed, copies)))
                 runs.append(_cells(scorer, test, perturbed, families))
                 print(f"[{prefix}] {name} {model} seed {seed}: "
                       + ", ".join(f"{k} {v['roc_auc']:.3f}" for k, v in runs[-1].items()
@@ -386,18 +466,20 @@ def run_design(frame: pd.DataFrame, design: str, sets: dict[str, list[str]], mod
     return results
 
 
-def _train_job(job: tuple[pd.DataFrame, str, str, int]) -> Path:
+def _train_job(job: tuple[pd.DataFrame, str, str, int, int]) -> Path:
     torch.set_num_threads(1)
     return train_net(*job)
 
 
 def learning_curve(frame: pd.DataFrame, extra: pd.DataFrame, seeds: list[int], jobs: int,
-                   family: str = "griffin_lim") -> dict[str, Any]:
+                   family: str = "griffin_lim", copies: int = COPIES) -> dict[str, Any]:
     """Model 1 and the LR baseline on `family` with `CURVE_SIZES` training tracks.
 
     Up to the train packages' own count, each seed draws its own subset of their tracks;
     that count itself reuses the main runs. Larger sizes draw from them plus `extra` (twins
     of `CURVE_PACKAGES`' tracks, all train). The validation and test splits stay whole.
+    With `copies`, Model 1 trains on the picked tracks' rows of one `augmented` manifest of
+    the whole pool per seed (their copies included); the LR baseline on the rows alone.
     """
     fit_all = select(frame[frame["split"].isin(["train", "val"])], [family])
     tracks = sorted(fit_all.loc[fit_all["split"] == "train", "track_id"].unique())
@@ -405,32 +487,43 @@ def learning_curve(frame: pd.DataFrame, extra: pd.DataFrame, seeds: list[int], j
                       ignore_index=True)
     more = sorted(wider.loc[wider["split"] == "train", "track_id"].unique())
     test = select(frame[frame["split"] == "test"], [family])
+    copied = augmented_per_seed(wider, seeds, f"curve_{family}", copies, jobs)
+    preprocess(pd.concat(copied.values()).drop_duplicates("path"), _cache(),
+               config=_frontend(), progress=True)
     fits = {}
     for n in CURVE_SIZES:
         for seed in seeds:
             if n == len(tracks):
-                fits[(n, seed)] = (fit_all, f"paired/{family}")
+                main = select(augmented(frame[frame["split"].isin(["train", "val"])], seed,
+                                        "paired", copies), [family])
+                fits[(n, seed)] = (fit_all, main, f"paired/{family}")
                 continue
             pool, rows = (tracks, fit_all) if n < len(tracks) else (more, wider)
             picked = np.random.default_rng(seed).choice(pool, min(n, len(pool)), replace=False)
             fit = rows[(rows["split"] == "val") | rows["track_id"].isin(picked)]
-            fits[(len(picked), seed)] = (fit, f"paired/curve_{family}_{len(picked)}")
+            net = fit
+            if copies:  # the picked tracks' rows and their copies
+                pool_rows = copied[seed]
+                net = pool_rows[(pool_rows["split"] == "val")
+                                | pool_rows["parent_track_id"].isin(picked)]
+            fits[(len(picked), seed)] = (fit, net, f"paired/curve_{family}_{len(picked)}")
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_train_job, [(fit, name, "spectttra", seed)
-                                   for (n, seed), (fit, name) in fits.items()]))
+        list(pool.map(_train_job, [(net, name, "spectttra", seed, copies)
+                                   for (n, seed), (_, net, name) in fits.items()]))
     curve: dict[str, Any] = {}
     for n in sorted({n for n, _ in fits}):
         per_model: dict[str, list[float]] = {"spectttra": [], "lr": []}
         for seed in seeds:
-            fit, name = fits[(n, seed)]
-            per_model["spectttra"].append(_net_scorer(train_net(fit, name, "spectttra", seed))
-                                          .evaluate(test)["roc_auc"])
+            fit, net, name = fits[(n, seed)]
+            per_model["spectttra"].append(
+                _net_scorer(train_net(net, name, "spectttra", seed, copies))
+                .evaluate(test)["roc_auc"])
             per_model["lr"].append(train_lr(fit).evaluate(test)["roc_auc"])
         curve[str(n)] = {m: _interval(v) for m, v in per_model.items()}
         print(f"[curve] {n} tracks: " + ", ".join(f"{m} {v['mean']:.3f}"
                                                   for m, v in curve[str(n)].items()), flush=True)
     return {"family": family, "design": "paired", "test": "clean", "metric": "roc_auc",
-            "training_tracks": curve}
+            "training_tracks": curve, "copies_per_training_clip": copies}
 
 
 def summary(results: dict[str, Any], models: tuple[str, ...] = MODELS) -> dict[str, Any]:
@@ -479,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vit-seeds", type=int, default=1,
                         help="seeds of the ViT baseline (the first N of --seeds; default 1)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel training runs")
+    parser.add_argument("--augment", type=int, default=COPIES, metavar="N",
+                        help="perturbed copies per training clip for Model 1 and the ViT "
+                             f"(default {COPIES}: the CLI's default for tiny; 0: none, as the "
+                             "Python train() trains)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -495,13 +592,14 @@ def main(argv: list[str] | None = None) -> int:
         # The unpaired design is reported for the in-family cells only.
         sets = training_sets() if design == "paired" else {f: [f] for f in FAMILIES}
         results[design] = run_design(frames[design], design, sets, args.models, args.seeds,
-                                     args.vit_seeds, args.jobs)
+                                     args.vit_seeds, args.jobs, copies=args.augment)
     curve = None
     if "paired" in args.designs and "spectttra" in args.models:
         extra_tracks, _ = human_tracks(dict.fromkeys(CURVE_PACKAGES, "train"))
         extra = twins(extra_tracks, "paired", None, families=("griffin_lim",),
                       name="twins_curve_paired")
-        curve = learning_curve(frames["paired"], extra, args.seeds, args.jobs)
+        curve = learning_curve(frames["paired"], extra, args.seeds, args.jobs,
+                               copies=args.augment)
         curve["main_train_tracks"] = int((tracks["split"] == "train").sum())
         curve["extra_packages"] = package_versions(AUDIO_DIR, list(CURVE_PACKAGES))
         curve["extra_tracks"] = sorted(extra_tracks["track_id"])
@@ -511,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
                                          name="twins_wider_paired")], ignore_index=True)
         results[WIDER] = run_design(wider, "paired", training_sets(),
                                     [m for m in args.models if m != "vit"], args.seeds, 0,
-                                    args.jobs, prefix=WIDER)
+                                    args.jobs, prefix=WIDER, copies=args.augment)
     split_table = tracks.groupby(["split", "source"]).agg(
         tracks=("track_id", "size"), minutes=("seconds", lambda s: round(s.sum() / 60, 1)))
     payload = {
@@ -530,8 +628,12 @@ def main(argv: list[str] | None = None) -> int:
             "autoencoder": read_json(WORK / "twins_paired" / "twins.json"),
         },
         "protocol": {"seeds": args.seeds, "models": args.models,
-                     "train_config": "TrainConfig(seed=s): train()'s defaults, no waveform "
-                                     "augmentation",
+                     "train_config": "TrainConfig(seed=s)",
+                     "augment": {"copies_per_training_clip": args.augment,
+                                 "perturbations": list(TRAIN_AUGMENT),
+                                 "cli": f"train --augment {args.augment}"
+                                 + (" (the default for tiny)" if args.augment == COPIES
+                                    else "")},
                      "preset": "tiny", "model": PRESETS["tiny"].to_dict(),
                      "frontend": _frontend().to_dict(),
                      "perturbations": list(PERTURBATIONS), "targets": TARGETS},

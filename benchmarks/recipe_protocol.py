@@ -63,7 +63,6 @@ from helpers import jit  # noqa: E402
 from helpers.cache import preprocess  # noqa: E402
 from helpers.datasets import manifest_fingerprint  # noqa: E402
 from helpers.metrics import choose_threshold_max_f1, threshold_for_fpr  # noqa: E402
-from helpers.perturb import perturbed_manifest  # noqa: E402
 from helpers.train import TrainConfig, train  # noqa: E402
 from helpers.twins import select  # noqa: E402
 
@@ -79,7 +78,7 @@ RECIPES = {
     "fine+augment": {"frontend": "fine", "cli": "train --augment 1 --n-fft 1024 "
                      "--hop-length 256", "runs": WORK / "runs", "out": RESULTS},
     "default+augment": {"frontend": "default", "cli": "train (the CLI default for tiny: "
-                        "--augment 1)", "runs": WORK / "runs_default+augment",
+                        "--augment 1)", "runs": rd.runs_dir(COPIES) / "paired",
                         "out": RESULTS.with_name("recipe_protocol_augment.json")},
 }
 
@@ -92,16 +91,19 @@ def _cache(recipe: str) -> Path:
 
 def augmented(fit: pd.DataFrame, seed: int) -> pd.DataFrame:
     """`fit` (train and val rows, every family) plus one perturbed copy per train row."""
-    path = perturbed_manifest(fit, WORK / "augmented" / f"seed{seed}",
-                              perturbations=list(rv.AUGMENT), copies=COPIES, seed=seed,
-                              val_fraction=TrainConfig().val_fraction, progress=False)
-    return rv._read_augmented(path)
+    return rd.augmented(fit, seed, "paired", COPIES)
 
 
 def train_run(job: tuple[pd.DataFrame, str, int, str]) -> Path:
-    """One Model 1 run with `recipe` (a spawned worker: one torch thread)."""
+    """One Model 1 run with `recipe` (a spawned worker: one torch thread).
+
+    ``default+augment`` is the detection benchmark's own Model 1 run (`rd.train_net`), so
+    both scripts share those runs.
+    """
     fit, name, seed, recipe = job
     torch.set_num_threads(1)
+    if recipe == "default+augment":
+        return rd.train_net(fit, f"paired/{name}", "spectttra", seed, COPIES)
     run_dir = RECIPES[recipe]["runs"] / name / f"spectttra_seed{seed}"
     config = TrainConfig(seed=seed)
     frontend = rv.FRONTENDS[RECIPES[recipe]["frontend"]]

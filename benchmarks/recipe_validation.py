@@ -127,15 +127,7 @@ def _fit_rows(frame: pd.DataFrame, family: str, augment: bool, seed: int) -> pd.
     path = perturbed_manifest(rows, WORK / "augmented" / f"{family}_seed{seed}",
                               perturbations=list(AUGMENT), copies=1, seed=seed,
                               val_fraction=TrainConfig().val_fraction, progress=False)
-    return _read_augmented(path)
-
-
-def _read_augmented(path: Path) -> pd.DataFrame:
-    """A `perturbed_manifest` manifest with its copies' relative paths made absolute."""
-    frame = pd.read_csv(path)
-    frame["path"] = [p if Path(p).is_absolute() else str((path.parent / p).resolve())
-                     for p in frame["path"]]
-    return frame
+    return rd.read_augmented(path)
 
 
 def train_variant(job: tuple[pd.DataFrame, str, bool, str, str, int]) -> Path:
@@ -291,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             _fit_rows(frame, family, True, seed)
     for fe in FRONTENDS:
-        augmented = pd.concat([_read_augmented(p) for p in
+        augmented = pd.concat([rd.read_augmented(p) for p in
                                (WORK / "augmented").glob("*/manifest.csv")])
         preprocess(pd.concat([frame, perturbed, augmented], ignore_index=True), _cache(fe),
                    config=FRONTENDS[fe], progress=True)
