@@ -45,6 +45,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "end_to_end": [],
     "robustness": [],
     "real_detection": [],
+    "real_detection_noaug": ["--augment", "0", "--out",
+                             "benchmarks/results/real_detection_noaug.json"],
     "generic_artifacts": [],
     "recipe_validation": [],
     "recipe_protocol": [],
@@ -55,7 +57,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "real_retrieval": [],
 }
 #: Entries of `BENCHMARKS` that run another entry's script with other arguments.
-SCRIPT_OF = {"recipe_protocol_augment": "recipe_protocol"}
+SCRIPT_OF = {"recipe_protocol_augment": "recipe_protocol",
+             "real_detection_noaug": "real_detection"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -462,9 +465,13 @@ def _study_rows(d: dict, label: str) -> list[Row]:
     rows are the main table's already."""
     if "summary" not in d:
         return _generic(d, "real detection")
-    shaped = {**d, "protocol": {"targets": d.get("targets", {})},
-              "summary": {f"{model} ({label})": s for model, s in d["summary"].items()
-                          if model not in ("lr", "deviation")}}
+    def own(summary: dict) -> dict:
+        return {f"{model} ({label})": s for model, s in summary.items()
+                if model not in ("lr", "deviation")}
+
+    targets = d.get("targets") or _get(d, "protocol", "targets", default={})
+    shaped = {**d, "protocol": {"targets": targets}, "summary": own(d["summary"]),
+              "summary_wider_pool": own(d.get("summary_wider_pool", {}))}
     return _real_detection(shaped)
 
 
@@ -473,6 +480,11 @@ def _recipe_protocol(d: dict) -> list[Row]:
     name = _get(d, "recipe", "name", default="?")
     return _study_rows(d, f"recipe {name}, "
                           f"{'the CLI default' if name == 'default+augment' else 'opt-in'}")
+
+
+def _real_detection_noaug(d: dict) -> list[Row]:
+    """The detection protocol with Model 1 and the ViT trained without perturbed copies."""
+    return _study_rows(d, "no augmentation, as the Python train() trains")
 
 
 def _consistency(d: dict) -> list[Row]:
@@ -612,6 +624,7 @@ SECTIONS: list[tuple[str, Callable[..., list[Row]], str]] = [
     ("end_to_end.json", _end_to_end, "end to end"),
     ("robustness.json", _robustness, "robustness"),
     ("real_detection.json", _real_detection, "real detection"),
+    ("real_detection_noaug.json", _real_detection_noaug, "real detection"),
     ("generic_artifacts.json", _generic_artifacts, "real detection"),
     ("recipe_validation.json", _recipe, "real detection"),
     ("recipe_protocol.json", _recipe_protocol, "real detection"),

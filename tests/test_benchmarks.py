@@ -175,6 +175,40 @@ def test_real_detection_protocol_leaves_each_family_out_and_checks_every_target(
     assert rows and all("NOT met" in r for r in rows)
 
 
+def test_detection_networks_train_on_the_clis_copies_and_validate_on_clean_clips(
+        tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from benchmarks import real_detection as rd
+    from helpers.datasets import manifest_fingerprint
+
+    monkeypatch.setattr(rd, "WORK", tmp_path / "work")
+    monkeypatch.setattr(rd, "AUGMENTED_DIRS", {})
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, split in enumerate(["train", "train", "train", "val", "val"]):
+        for label, family in (("human", "human"), ("ai", "griffin_lim")):
+            path = tmp_path / f"{family}_{i}.wav"
+            sf.write(path, 0.1 * rng.standard_normal(16000 * 2), 16000)
+            rows.append({"path": str(path), "label": label, "family": family,
+                         "split": split, "track_id": f"t{i}"})
+    fit = pd.DataFrame(rows)
+    assert rd.augmented(fit, 0, "paired", copies=0) is fit  # --augment 0: the rows as given
+    copied = rd.augmented(fit, 0, "paired", copies=1)
+    copies = copied[copied["perturbation"].fillna("") != ""]
+    assert len(copied) == len(fit) + 6 and len(copies) == 6  # one per train clip
+    assert set(copies["split"]) == {"train"}  # validation stays clean
+    assert set(copies["parent_track_id"]) == {"t0", "t1", "t2"}
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in copies["path"])
+    assert str(tmp_path / "work" / "augmented" / "paired" / "seed0") in copies["path"].iloc[0]
+    # Made once per design and seed: a second call reuses them (the runs' fingerprints hold).
+    again = rd.augmented(fit, 0, "paired", copies=1)
+    assert manifest_fingerprint(again) == manifest_fingerprint(copied)
+    other_seed = rd.augmented(fit, 1, "paired", copies=1)
+    assert manifest_fingerprint(other_seed) != manifest_fingerprint(copied)
+    assert rd.runs_dir(0) != rd.runs_dir(1)  # runs with and without copies never mix
+
+
 def test_a_held_out_family_never_reaches_training_or_validation():
     from helpers.twins import select
 
