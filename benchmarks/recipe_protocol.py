@@ -34,6 +34,15 @@ human clips, and the clip's score is the larger of the two (through a sigmoid, s
 protocol's threshold code applies). Its thresholds are set on validation as for every model.
 One combined detector per Model 1 seed.
 
+**Fused** (``fused``, added after the CLI-default run of this script had been read, its
+reading fixed before any of its numbers): Model 1 and the artifact-feature regression, the
+strongest in-family detector, averaged instead of maxed: each score (as a logit) standardised
+on the validation composer's human clips, the clip's score the *mean* of the two, thresholds
+on validation. It asks whether `train` should fit the regression beside the network and
+report the fused score. Reading: worth building into `train` only if it meets more of the
+four targets (`benchmarks.real_detection.TARGETS`, means over seeds) than the regression
+alone does.
+
 Run from the repository root (about an hour on 2 CPU cores; finished runs are reused)::
 
     python -m benchmarks.recipe_protocol
@@ -124,19 +133,22 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def combined(net: rd._Scorer, deviation: rd._Scorer, val: pd.DataFrame) -> rd._Scorer:
-    """Flag a clip when Model 1 *or* the human-deviation model finds it un-human.
+def combined(net: rd._Scorer, other: rd._Scorer, val: pd.DataFrame,
+             how: str = "max") -> rd._Scorer:
+    """Flag a clip when Model 1 *or* `other` finds it un-human (``how="max"``), or by the
+    mean of the two (``how="mean"``, the fused detector).
 
     Each score is standardised on the human clips of `val` (the validation composer), then
-    the larger is kept; thresholds come from `val` (its human clips and the AI clips of the
-    training families), as for the other models.
+    the larger (or the mean) is kept; thresholds come from `val` (its human clips and the AI
+    clips of the training families), as for the other models.
     """
     human = val.loc[val["label"] == "human", "path"].tolist()
-    refs = [(m, _logit(m.score_fn(human))) for m in (net, deviation)]
+    refs = [(m, _logit(m.score_fn(human))) for m in (net, other)]
+    reduce = {"max": np.maximum, "mean": lambda a, b: (a + b) / 2}[how]
 
     def score(paths: list[str]) -> np.ndarray:
         z = [(_logit(m.score_fn(paths)) - ref.mean()) / max(ref.std(), 1e-9) for m, ref in refs]
-        return 1 / (1 + np.exp(-np.maximum(*z)))
+        return 1 / (1 + np.exp(-reduce(*z)))
 
     y_val = (val["label"] == "ai").to_numpy(int)
     p_val = score(val["path"].tolist())
@@ -184,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         val = select(fit_rows[fit_rows["split"] == "val"], families)
         scorers["combined"] = [combined(net, scorers["deviation"][0], val)
                                for net in scorers["spectttra"]]
+        scorers["fused"] = [combined(net, scorers["lr"][0], val, how="mean")
+                            for net in scorers["spectttra"]]
         for model, runs in scorers.items():
             cells = [rd._cells(s, test, perturbed, families) for s in runs]
             results[f"{name}/{model}"] = rd.entry(families, model, cells)
@@ -203,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                                     for s, c in copies.items()},
         "targets": rd.TARGETS,
         "results": {"paired": results},
-        "summary": rd.summary({"paired": results}, models=(*rd.MODELS, "combined")),
+        "summary": rd.summary({"paired": results}, models=(*rd.MODELS, "combined", "fused")),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     write_result(out, payload, config={**vars(args), "out": str(out)})

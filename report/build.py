@@ -301,7 +301,9 @@ def t_recipe_protocol(name: str = "recipe_protocol.json") -> str:
                                       (f"Model 1, {m['recipe']['name']}", chosen, "spectttra"),
                                       (_MODEL_NAMES["lr"], chosen, "lr"),
                                       (f"{_MODEL_NAMES['combined']}, {m['recipe']['name']}",
-                                       chosen, "combined")):
+                                       chosen, "combined"),
+                                      (f"{_MODEL_NAMES['fused']}, {m['recipe']['name']}",
+                                       chosen, "fused")):
             entry = results.get(f"{family}/{model}")
             if entry is None:
                 continue
@@ -316,11 +318,13 @@ def t_recipe_protocol(name: str = "recipe_protocol.json") -> str:
         set_name, model = name.rsplit("/", 1)
         if model != "spectttra":
             continue
-        both = chosen.get(f"{set_name}/combined")
+        extra = [e for e in (chosen.get(f"{set_name}/combined"),
+                             chosen.get(f"{set_name}/fused")) if e]
         cross.append([set_name] + [
             f"{default[name]['cells'][f'{f}/clean']['roc_auc']['mean']:.3f} → "
             f"{entry['cells'][f'{f}/clean']['roc_auc']['mean']:.3f}"
-            + (f" ({both['cells'][f'{f}/clean']['roc_auc']['mean']:.3f})" if both else "")
+            + (" (" + " / ".join(f"{e['cells'][f'{f}/clean']['roc_auc']['mean']:.3f}"
+                                 for e in extra) + ")" if extra else "")
             + ("" if f in entry["train_families"] else " (unseen)") for f in families])
     return (_source(name, m)
             + f"Recipe `{m['recipe']['cli']}`, seeds {', '.join(map(str, m['seeds']))}; "
@@ -329,7 +333,8 @@ def t_recipe_protocol(name: str = "recipe_protocol.json") -> str:
             + _table(["family", "model", "ROC-AUC clean", "ROC-AUC worst perturbation",
                       "FPR at val max-F1 threshold", "FPR at val 5 % threshold"], rows)
             + "\n\nModel 1's clean test ROC-AUC, without augmentation → this recipe (in "
-            "brackets: the combined detector with this recipe), for every training set:\n\n"
+            "brackets: the combined detector with this recipe, then the fused one where it "
+            "was run), for every training set:\n\n"
             + _table(["trained on", *families], cross))
 
 
@@ -485,6 +490,7 @@ _MODEL_NAMES = {"spectttra": "Model 1 (tiny SpecTTTra)", "vit": "ViT-patch basel
                 "lr": "artifact features + LR",
                 "deviation": "artifact features, distance from human (no AI seen)",
                 "combined": "Model 1 or distance from human (the larger standardised score)",
+                "fused": "Model 1 + artifact LR (the mean standardised score)",
                 "consistency_dev": "re-degradation consistency, distance from human (no AI seen)",
                 "consistency_lr": "re-degradation consistency + LR",
                 "artifact+consistency_lr": "artifact and consistency features + LR",

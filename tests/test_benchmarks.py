@@ -393,3 +393,10 @@ def test_combined_detector_flags_what_either_model_finds_unhuman():
     z_b0 = (12 - humans.mean()) / humans.std()
     assert s["b0"] == pytest.approx(1 / (1 + np.exp(-z_b0)), rel=1e-4)
     assert both.thresholds["val_max_f1"] < min(s["a0"], s["b0"])
+    # Fused: the mean of the two standardised scores, so one model's alarm is halved.
+    fused = rp.combined(scorer(net_logit), scorer(dev_logit), val, how="mean")
+    f = dict(zip(paths, fused.score_fn(paths), strict=True))
+    nets = np.array([net_logit[f"h{i}"] for i in range(200)])
+    z_net_b0 = (0 - nets.mean()) / nets.std()
+    assert f["b0"] == pytest.approx(1 / (1 + np.exp(-(z_b0 + z_net_b0) / 2)), rel=1e-4)
+    assert f["b0"] < s["b0"]
