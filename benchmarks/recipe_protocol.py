@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     # Spawned, not forked: a forked child that uses torch after the parent did can hang.
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for run_dir in pool.map(train_run, todo):
-            print(f"trained {run_dir.relative_to(WORK)}", flush=True)
+            print(f"trained {run_dir.relative_to(rd.WORK)}", flush=True)
     test = paired[paired["split"] == "test"]
     results: dict[str, Any] = {}
     for name, families in sets.items():
