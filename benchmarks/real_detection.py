@@ -488,8 +488,9 @@ def learning_curve(frame: pd.DataFrame, extra: pd.DataFrame, seeds: list[int], j
     more = sorted(wider.loc[wider["split"] == "train", "track_id"].unique())
     test = select(frame[frame["split"] == "test"], [family])
     copied = augmented_per_seed(wider, seeds, f"curve_{family}", copies, jobs)
-    preprocess(pd.concat(copied.values()).drop_duplicates("path"), _cache(),
-               config=_frontend(), progress=True)
+    if copies:  # made here once, not by each training worker (`train` caches what is missing)
+        preprocess(pd.concat(copied.values()).drop_duplicates("path"), _cache(),
+                   config=_frontend(), progress=True)
     fits = {}
     for n in CURVE_SIZES:
         for seed in seeds:
