@@ -3,7 +3,7 @@
 SONICS and GTZAN cannot be downloaded on every machine, but Debian ships game soundtracks:
 produced, human-made recordings under free licences (see ``/work/shared/REAL_AUDIO.md``). This
 script downloads the ``.deb`` packages with ``apt-get download`` (no install), unpacks them with
-``dpkg -x``, and writes ``manifest.csv`` in the project's manifest format next to the audio::
+``dpkg -x``, and writes a manifest in the project's format next to the audio::
 
     <out>/debs/<package>_<version>_all.deb     downloaded packages (kept, so re-runs skip them)
     <out>/unpacked/<package>/...               the unpacked package tree; each folder of
@@ -11,7 +11,9 @@ script downloads the ``.deb`` packages with ``apt-get download`` (no install), u
                                                (usr/share/doc/<package>/copyright); reused
                                                only if unpacked from the same .deb
     <out>/manifest.csv                         path,label,split,track_id,title,artist,genre,
-                                               source (+ seconds: track length)
+                                               source (+ seconds: track length), for the
+                                               default packages; any other set of packages
+                                               gets its own manifest-<hash>.csv (`manifest_path`)
 
 Every track is labelled ``human``. A package is one composer or small team, so ``artist``,
 ``genre`` and ``source`` are all the package name, and the split is assigned per package (never
@@ -35,9 +37,9 @@ Other benchmarks call `fetch_real_audio` directly.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.provenance import prepare  # noqa: E402
 from helpers.datasets import MANIFEST_COLUMNS  # noqa: E402
-from helpers.io import write_csv  # noqa: E402
+from helpers.io import file_lock, write_bytes, write_csv  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "_work" / "real_audio"
 DEFAULT_PACKAGES = ("xmoto-data", "extremetuxracer-data", "lincity-ng-data")
@@ -114,6 +116,18 @@ def package_versions(out_dir: str | Path, packages: Sequence[str]) -> dict[str, 
             for p in packages}
 
 
+def manifest_path(out_dir: str | Path, packages: Sequence[str]) -> Path:
+    """Where `fetch_real_audio` lists `packages`: one file per package set.
+
+    Benchmarks running side by side fetch different sets into the same work folder; with one
+    shared ``manifest.csv`` a process could read the list another had just written.
+    """
+    if tuple(packages) == DEFAULT_PACKAGES:
+        return Path(out_dir) / "manifest.csv"
+    key = zlib.crc32(",".join(packages).encode())
+    return Path(out_dir) / f"manifest-{key:08x}.csv"
+
+
 def _split_of(package: str) -> str:
     if package in PACKAGE_SPLITS:
         return PACKAGE_SPLITS[package]
@@ -139,8 +153,9 @@ def fetch_real_audio(
     Returns
     -------
     Path
-        ``<out_dir>/manifest.csv`` with columns `MANIFEST_COLUMNS`, plus ``seconds`` (track
-        duration), one row per track, every label ``human``.
+        The manifest of exactly `packages` (`manifest_path`: ``<out_dir>/manifest.csv`` for
+        `DEFAULT_PACKAGES`), columns `MANIFEST_COLUMNS` plus ``seconds`` (track duration),
+        one row per track, every label ``human``.
 
     Raises
     ------
@@ -152,17 +167,20 @@ def fetch_real_audio(
     debs.mkdir(parents=True, exist_ok=True)
     rows = []
     for package in packages:
-        deb = _download(package, debs)
         tree = out_dir / "unpacked" / package
-        _unpack(deb, tree)
+        # Another benchmark may be fetching the same package into this folder right now.
+        with file_lock(debs / f"{package}.lock", what="another fetch of this package"):
+            deb = _download(package, debs)
+            _unpack(deb, tree)
         tracks = sorted(p for p in (tree / "usr").rglob("*") if p.suffix in AUDIO_SUFFIXES)
         if not tracks:
             raise FetchError(f"{package}: no Ogg/Opus files in {deb.name}; is it a music "
                              "package?")
         copyright_src = tree / "usr" / "share" / "doc" / package / "copyright"
         if copyright_src.exists():  # the licence travels with the audio it covers
+            licence = copyright_src.read_bytes()
             for folder in {t.parent for t in tracks}:
-                shutil.copyfile(copyright_src, folder / "copyright")
+                write_bytes(folder / "copyright", licence)  # atomic: another fetch may read
         for track in tracks:
             rows.append({
                 "path": track.relative_to(out_dir).as_posix(),
@@ -175,7 +193,7 @@ def fetch_real_audio(
                 "source": package,
                 "seconds": round(sf.info(track).duration, 3),
             })
-    manifest = out_dir / "manifest.csv"
+    manifest = manifest_path(out_dir, packages)
     write_csv(manifest, pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "seconds"]))
     return manifest
 

@@ -400,3 +400,55 @@ def test_combined_detector_flags_what_either_model_finds_unhuman():
     z_net_b0 = (0 - nets.mean()) / nets.std()
     assert f["b0"] == pytest.approx(1 / (1 + np.exp(-(z_b0 + z_net_b0) / 2)), rel=1e-4)
     assert f["b0"] < s["b0"]
+
+
+def _fake_debian(tmp_path: Path, monkeypatch) -> None:
+    """``apt-get download`` and ``dpkg -x`` stand-ins on PATH: each package unpacks to one
+    2 s Ogg track in a music folder (``dpkg -x`` takes a second, so fetches overlap, and
+    fails if another unpack of the same tree is under way)."""
+    import soundfile as sf
+
+    track = tmp_path / "track.ogg"
+    sf.write(track, np.zeros(44_100 * 2, np.float32), 44_100, format="OGG")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(
+        '#!/bin/sh\nfor p; do last="$p"; done\necho fake > "${last}_1.0_all.deb"\n')
+    (bin_dir / "dpkg").write_text(
+        # two unpacks of one tree at once fail, as they would corrupt it
+        '#!/bin/sh\npkg=$(basename "$2" | cut -d_ -f1)\nmkdir "$3.busy" || exit 3\nsleep 1\n'
+        'music="$3/usr/share/games/$pkg/music"\n'
+        f'mkdir -p "$music"\ncp {track} "$music/t.ogg"\n'
+        'rmdir "$3.busy"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+
+
+def test_each_package_set_keeps_its_own_real_audio_manifest(tmp_path, monkeypatch):
+    from benchmarks.real_audio import fetch_real_audio
+
+    _fake_debian(tmp_path, monkeypatch)
+    first = fetch_real_audio(tmp_path / "audio", ["pkg-a", "pkg-b"])
+    second = fetch_real_audio(tmp_path / "audio", ["pkg-c"])
+    assert first != second
+    assert sorted(pd.read_csv(first).source) == ["pkg-a", "pkg-b"]  # not overwritten by c
+    assert list(pd.read_csv(second).source) == ["pkg-c"]
+
+
+def test_concurrent_fetches_of_one_package_share_a_sound_unpack(tmp_path, monkeypatch):
+    _fake_debian(tmp_path, monkeypatch)
+    code = ("import sys; from benchmarks.real_audio import fetch_real_audio as f; "
+            "import pandas as pd; m = pd.read_csv(f(sys.argv[1], sys.argv[2:])); "
+            "print(sorted(m.source))")
+    jobs = [subprocess.Popen(["python", "-c", code, str(tmp_path / "audio"), *packages],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+            for packages in (["pkg-a", "pkg-b"], ["pkg-b"], ["pkg-a", "pkg-b"])]
+    outs = [job.communicate(timeout=120) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0], [err for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["['pkg-a', 'pkg-b']", "['pkg-b']",
+                                                "['pkg-a', 'pkg-b']"]
+    tracks = sorted((tmp_path / "audio" / "unpacked").rglob("*.ogg"))
+    assert [t.relative_to(tmp_path / "audio" / "unpacked").parts[0] for t in tracks] == [
+        "pkg-a", "pkg-b"]
