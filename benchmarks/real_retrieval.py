@@ -48,6 +48,10 @@ transforms of (track MRR + source P@5) / 2 (recall@5 alone saturates on val):
 
 The ``test`` queries are reported, never used to choose.
 
+Where the misses are (``by_track_length``): recall@5 of the baseline and of ``features`` per
+track-length bin (`LENGTH_BINS_MIN`; the two excerpts of a track lie half its length apart),
+and each test miss with the cosine to its own excerpt.
+
 CPU: decoded excerpts and raw vectors are cached in ``_work/real_retrieval`` (keyed by
 track, excerpt and transform); a cold run decodes ~110 tracks, runs ~110 Griffin-Lim round
 trips and describes every excerpt at three rates (about 25 minutes on one core). Run from
@@ -450,12 +454,56 @@ def spaces(tracks: pd.DataFrame, run_dir: Path | None) -> dict[str, tuple]:
     return out
 
 
-def evaluate_all(tracks: pd.DataFrame, run_dir: Path | None) -> list[dict]:
-    """Every embedder x catalog x transform x query half."""
+#: Track-length bins (minutes) for `by_length`, fixed before it was first run: the two
+#: excerpts' centres lie half a track apart, so a longer track means more distant excerpts.
+LENGTH_BINS_MIN = (1, 3, 5, 12)
+
+
+def by_length(tracks: pd.DataFrame, spaces_: dict[str, tuple]) -> dict:
+    """Where the misses are: recall@5 per track-length bin, and every test miss, on the
+    ``all`` catalog for the baseline and the shipped ``features``.
+
+    A query misses when its own track is not among the 5 nearest; each miss records the
+    track's length, the rank of its own excerpt and the cosine to it and to the top match.
+    """
+    minutes = tracks.seconds.to_numpy() / 60
+    bins = np.digitize(minutes, LENGTH_BINS_MIN[1:-1])
+    labels = [f"{lo}-{hi} min" for lo, hi in zip(LENGTH_BINS_MIN[:-1], LENGTH_BINS_MIN[1:],
+                                                  strict=False)]
+    out: dict = {"bins_min": list(LENGTH_BINS_MIN), "embedders": {}}
+    for label in ("baseline", "features"):
+        raw, space = spaces_[label]
+        per = {}
+        for transform in TRANSFORMS:
+            cat, qry = space(raw["catalog"], raw[transform])
+            sims = qry @ cat.T
+            rank = np.array([int(np.flatnonzero(np.argsort(-sims[i], kind="stable") == i)[0])
+                             for i in range(len(tracks))])
+            hit = rank < K
+            cells = {}
+            for split in ("val", "test"):
+                rows = tracks.half.to_numpy() == split
+                cells[split] = {labels[b]: {"n": int((rows & (bins == b)).sum()),
+                                            "track_recall_at_5": round(float(
+                                                hit[rows & (bins == b)].mean()), 4)
+                                            if (rows & (bins == b)).any() else None}
+                                for b in range(len(labels))}
+            test = np.flatnonzero((tracks.half.to_numpy() == "test") & ~hit)
+            cells["test_misses"] = [
+                {"track": tracks.track_id[i], "minutes": round(float(minutes[i]), 1),
+                 "rank": int(rank[i]) + 1, "cosine_own": round(float(sims[i, i]), 3),
+                 "cosine_top": round(float(sims[i].max()), 3)} for i in test]
+            per[transform] = cells
+        out["embedders"][label] = per
+    return out
+
+
+def evaluate_all(tracks: pd.DataFrame, spaces_: dict[str, tuple]) -> list[dict]:
+    """Every embedder (of `spaces`) x catalog x transform x query half."""
     catalogs = {"all": np.arange(len(tracks)),
                 "issue4": np.flatnonzero(tracks.source.isin(ISSUE_PACKAGES).to_numpy())}
     table = []
-    for label, (raw, space) in spaces(tracks, run_dir).items():
+    for label, (raw, space) in spaces_.items():
         for catalog, keep in catalogs.items():
             sub = tracks.iloc[keep].reset_index(drop=True)
             halves = {h: np.flatnonzero(sub.half.to_numpy() == h) for h in ("val", "test")}
@@ -478,12 +526,15 @@ def main(argv: list[str] | None = None) -> int:
     tracks, dropped = select_tracks(manifest)
     selection = select_on_val(tracks)
     print({k: v for k, v in selection.items() if not k.startswith("stage")}, flush=True)
-    table = evaluate_all(tracks, args.run)
+    spaces_ = spaces(tracks, args.run)
+    table = evaluate_all(tracks, spaces_)
+    misses = by_length(tracks, spaces_)
     frame = pd.DataFrame(table)
     print(frame[frame.split == "test"].to_string(index=False))
     result = {
         "selection_on_val": selection,
         "table": table,
+        "by_track_length": misses,
         "protocol": __doc__.split("\n\n", 1)[1].split("CPU:")[0].strip(),
         "tracks": {"kept": len(tracks), "per_source": tracks.source.value_counts().to_dict(),
                    "per_split": tracks.half.value_counts().to_dict(),

@@ -452,3 +452,24 @@ def test_concurrent_fetches_of_one_package_share_a_sound_unpack(tmp_path, monkey
     tracks = sorted((tmp_path / "audio" / "unpacked").rglob("*.ogg"))
     assert [t.relative_to(tmp_path / "audio" / "unpacked").parts[0] for t in tracks] == [
         "pkg-a", "pkg-b"]
+
+
+def test_retrieval_misses_are_listed_with_their_track_length():
+    from benchmarks.real_retrieval import by_length
+    from helpers.embed import l2_normalise
+
+    n = 8
+    tracks = pd.DataFrame({"track_id": [f"p/t{i}" for i in range(n)],
+                           "seconds": [90, 100, 200, 250, 400, 420, 500, 600],
+                           "half": ["val", "test"] * 4, "source": ["p"] * n})
+    queries = np.eye(n)
+    queries[7] = -np.eye(n)[7] + 0.1  # the 10-minute test track: its own excerpt ranks last
+    raw = {"catalog": np.eye(n), "clean": queries, "griffin_lim": np.eye(n)}
+    space = (raw, lambda c, q: (l2_normalise(c), l2_normalise(q)))
+    result = by_length(tracks, {"baseline": space, "features": space})
+    clean = result["embedders"]["features"]["clean"]
+    assert [m["track"] for m in clean["test_misses"]] == ["p/t7"]
+    assert clean["test_misses"][0]["rank"] == n and clean["test_misses"][0]["minutes"] == 10.0
+    assert clean["test"]["5-12 min"] == {"n": 2, "track_recall_at_5": 0.5}
+    assert clean["test"]["1-3 min"] == {"n": 1, "track_recall_at_5": 1.0}
+    assert result["embedders"]["features"]["griffin_lim"]["test_misses"] == []
