@@ -427,7 +427,31 @@ def t_real_retrieval() -> str:
                      f"{r['source_p_at_5_others']:.2f}", str(r["n_queries"])])
     return (_source("real_retrieval.json", m) + head
             + _table(["embedder", "catalog tracks", "queries", "track recall@5", "track MRR",
-                      "source P@5", "source P@5, own track removed", "test queries"], rows))
+                      "source P@5", "source P@5, own track removed", "test queries"], rows)
+            + _retrieval_by_length(m.get("by_track_length")))
+
+
+def _retrieval_by_length(block: dict | None) -> str:
+    """Recall@5 per track-length bin (106-track catalog) and the features' test misses."""
+    if not block:
+        return ""
+    rows = []
+    for embedder, per in block["embedders"].items():
+        for transform, cells in per.items():
+            for split in ("val", "test"):
+                rows.append([f"`{embedder}`", transform, split, *(
+                    f"{c['track_recall_at_5']:.2f} ({c['n']})"
+                    if c["track_recall_at_5"] is not None else "-"
+                    for c in cells[split].values())])
+    bins = list(block["embedders"]["features"]["clean"]["test"])
+    misses = block["embedders"]["features"]["clean"]["test_misses"]
+    listed = "; ".join(f"{x['track']} ({x['minutes']} min, rank {x['rank']}, cosine "
+                       f"{x['cosine_own']:.2f} to its own excerpt, {x['cosine_top']:.2f} to "
+                       "the top match)" for x in misses)
+    return ("\n\n**Where the misses are** (106-track catalog; recall@5 by track length, "
+            "queries in brackets; a track's two excerpts lie half its length apart):\n\n"
+            + _table(["embedder", "queries", "split", *bins], rows)
+            + f"\n\nThe {len(misses)} clean test misses of `features`: {listed}.")
 
 
 def _curve_table(curve: dict | None) -> str:
