@@ -43,8 +43,14 @@ transforms of (track MRR + source P@5) / 2 (recall@5 alone saturates on val):
    directions, LDA with tracks as classes), hubness-corrected scores (CSLS: twice the cosine
    minus each catalog vector's mean cosine to its 5/10/20 nearest catalog neighbours), and
    segment re-ranking (track cosine plus the mean over query segments of their best cosine
-   to the catalog track's segments). One is adopted only if it beats the stage-2 choice by
-   more than `ADOPT_MARGIN` on val.
+   to the catalog track's segments), and a *reference scatter* learnt from other composers'
+   music (`REFERENCE_PACKAGES`, six soundtracks never in the catalog): how one song's
+   descriptors move between the excerpts of its two halves (``sections``), and also under
+   an artifact family that is not the queries' (``sections+opus``), added to the catalog's
+   own segment scatter before whitening (weights x shrinkage). One is adopted only if it
+   beats the stage-2 choice by more than `ADOPT_MARGIN` on val. The same scatter with the
+   queries' own Griffin-Lim transform is scored beside them and never adopted: it would
+   learn the test transform.
 
 The ``test`` queries are reported, never used to choose.
 
@@ -96,6 +102,7 @@ from helpers.embed import (  # noqa: E402
     l2_normalise,
 )
 from helpers.io import write_npy  # noqa: E402
+from helpers.twins import make_twin  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work" / "real_retrieval"
 RESULTS = Path(__file__).resolve().parent / "results" / "real_retrieval.json"
@@ -138,18 +145,21 @@ def cached_audio(track: pd.Series, half: int, transform: str) -> np.ndarray:
     y = _excerpt(AUDIO_DIR / track.path, track.seconds, half)
     if transform == "griffin_lim":
         y = apply_artifacts(y, SR, rng=np.random.default_rng(_seed(track.track_id)))
+    elif transform == "opus_lowrate":
+        y = make_twin(y, SR, "opus_lowrate")
     write_npy(path, np.asarray(y, np.float32))
     return y
 
 
-def select_tracks(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+def select_tracks(manifest: pd.DataFrame, music_dirs: re.Pattern = MUSIC_DIRS
+                  ) -> tuple[pd.DataFrame, list[dict]]:
     """Music only: soundtrack folders, tracks long enough for two excerpts, both audible.
 
     Returns the kept tracks (with their ``half``) and the dropped music tracks with reasons.
     """
     kept, dropped = [], []
     for _, t in manifest.iterrows():
-        if not MUSIC_DIRS.search(t.path):
+        if not music_dirs.search(t.path):
             continue  # sound effects (widelands' data/sound, data/world): not music
         if t.seconds < MIN_TRACK_S:
             dropped.append({"track": t.track_id, "seconds": t.seconds,
@@ -204,6 +214,19 @@ RATE_TIE = 0.005  # within this of the best val score, the higher rate wins
 STAGE3_LDA_DIMS = (32, 64, 96)
 STAGE3_CSLS_K = (5, 10, 20)
 ADOPT_MARGIN = 0.01  # what a stage-3 alternative must gain on val to be worth its machinery
+#: Other composers' music for the reference scatter of stage 3: six soundtracks, none in the
+#: catalog (drascula-music keeps its tracks in an ``audio`` folder).
+REFERENCE_PACKAGES = ("hedgewars-data", "freedroidrpg-data", "flare-game", "supertux-data",
+                      "hyperrogue-music", "drascula-music")
+REFERENCE_MUSIC_DIRS = re.compile(r"/(music|Musics|Music)/|/drascula/audio/")
+#: Which differences make the reference scatter: the second half's excerpt (as recorded, or
+#: through an artifact family) minus the first half's, per reference track.
+REFERENCE_PAIRS = {"sections": ("clean",), "sections+opus": ("clean", "opus_lowrate")}
+#: The same with the queries' own transform: it would teach the test transform, so it is
+#: reported beside the others and never adopted.
+REFERENCE_INELIGIBLE = {"sections+griffin_lim": ("clean", "griffin_lim")}
+STAGE3_REFERENCE_WEIGHTS = (0.1, 0.3, 1.0)
+STAGE3_REFERENCE_SHRINKAGE = (0.3, 1.0, 3.0)
 
 
 def describer(sr: int, segments: int, blocks: tuple[str, ...] = tuple(FEATURE2_BLOCKS)
@@ -275,6 +298,60 @@ def segment_scores(target: FeatureEmbedder, catalog: np.ndarray, queries: np.nda
     qs = np.stack([l2_normalise(_whitened(target, queries, p)) for p in parts], axis=1)
     best = np.einsum("aid,bjd->abij", qs, cs).max(axis=3).mean(axis=2)
     return q @ c.T + best
+
+
+def reference_space(target: FeatureEmbedder, scatter: np.ndarray, weight: float,
+                    shrinkage: float):
+    """Within-track whitening by the catalog's own segment scatter plus `weight` times a
+    reference scatter from other composers' music (`scatter`: raw units, the excerpt's
+    descriptors), each scaled to unit trace, shrunk by `shrinkage` times the mean variance.
+
+    With `weight` 0 this is `FeatureEmbedder`'s whitening (up to a scale that the L2
+    normalisation removes).
+    """
+    def space(catalog: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, ...]:
+        target.fit(catalog)
+        d, std = target.dim, target.standardizer.std
+        parts = catalog[:, d:].reshape(len(catalog), target.segments, d)
+        z = target.standardizer.transform(parts.reshape(-1, d)).astype(np.float64)
+        dev = z.reshape(parts.shape) - z.reshape(parts.shape).mean(axis=1, keepdims=True)
+        own = np.einsum("nsi,nsj->ij", dev, dev) / (len(catalog) * (target.segments - 1))
+        other = scatter / np.outer(std, std)
+        total = own / np.trace(own) + weight * other / np.trace(other)
+        values, vectors = np.linalg.eigh(total + shrinkage * np.trace(total) / d * np.eye(d))
+        whitener = (vectors * values ** -0.5) @ vectors.T
+        return tuple(l2_normalise(target.standardizer.transform(x[:, :d]).astype(np.float64)
+                                  @ whitener) for x in (catalog, queries))
+    return space
+
+
+def reference_scatter(vectors: dict[str, np.ndarray], transforms: tuple[str, ...]
+                      ) -> np.ndarray:
+    """Within-track scatter ``D.T D / (2 n)`` of the differences between each reference
+    track's second-half excerpt (after each of `transforms`) and its first-half one."""
+    diffs = np.concatenate([vectors[t] - vectors["first"] for t in transforms])
+    return diffs.T @ diffs / (2 * len(diffs))
+
+
+def reference_vectors(source: FeatureEmbedder, target: FeatureEmbedder) -> dict:
+    """`target`'s excerpt descriptors of the reference tracks: ``first`` (first half, as
+    recorded) and the second half as recorded and after each transform of the pairs."""
+    manifest = pd.read_csv(fetch_real_audio(AUDIO_DIR, REFERENCE_PACKAGES))
+    tracks, _ = select_tracks(manifest, REFERENCE_MUSIC_DIRS)
+    name = f"reference_sr{source.sr}_seg{source.segments}_{'+'.join(source.blocks)}"
+    out = {"tracks": len(tracks), "per_source": tracks.source.value_counts().to_dict()}
+    transforms = sorted({t for p in (*REFERENCE_PAIRS.values(),
+                                     *REFERENCE_INELIGIBLE.values()) for t in p})
+    for key, half, transform in [("first", 0, "clean"), *[(t, 1, t) for t in transforms]]:
+        path = WORK / "vectors" / f"{name}_{key}.npy"
+        if path.exists() and len(np.load(path)) == len(tracks):
+            raw = np.load(path)
+        else:
+            raw = np.stack([source.embed_raw_audio(cached_audio(t, half, transform), SR)
+                            for t in tqdm(list(tracks.itertuples()), desc=f"reference {key}")])
+            write_npy(path, raw.astype(np.float32))
+        out[key] = slice_raw(raw, source, target)[:, :target.dim].astype(np.float64)
+    return out
 
 
 def val_score_of_scores(scores_fn, raw: dict[str, np.ndarray], tracks: pd.DataFrame
@@ -393,6 +470,8 @@ def select_on_val(tracks: pd.DataFrame) -> dict:
     choice = {"sr": rate, **RATES[rate], "blocks": blocks.split("+"),
               "segments": int(segments[3:]), "whitening": None if lam == "None" else float(lam)}
     stage3 = stage3_alternatives(tracks, choice)
+    reference = stage3_reference(tracks, choice)
+    stage3.update(reference.get("eligible", {}))
     adopted = [k for k, v in stage3.items() if v > stage2[chosen] + ADOPT_MARGIN]
     shipped = FeatureEmbedder()
     ships = {k: getattr(shipped, k) for k in choice}
@@ -403,6 +482,7 @@ def select_on_val(tracks: pd.DataFrame) -> dict:
             "chosen": choice, "val_score": stage2[chosen],
             "stage3_alternatives": stage3, "stage3_margin": ADOPT_MARGIN,
             "stage3_adopted": adopted,
+            "stage3_reference": {k: v for k, v in reference.items() if k != "eligible"},
             "shipped_default_is_the_choice": ships == choice and not adopted}
 
 
@@ -425,6 +505,29 @@ def stage3_alternatives(tracks: pd.DataFrame, choice: dict) -> dict[str, float]:
     out["segment_rerank"] = val_score_of_scores(
         lambda c, q: segment_scores(target(), c, q), raw, tracks)
     return out
+
+
+def stage3_reference(tracks: pd.DataFrame, choice: dict) -> dict:
+    """Val scores of the reference scatter (`REFERENCE_PAIRS`, weights x shrinkage) on top
+    of `choice`; the ineligible pairs' scores apart, for comparison only."""
+    if choice["whitening"] is None:
+        return {}
+    settings = {k: v for k, v in choice.items() if k != "blocks"}
+    source = describer(choice["sr"], choice["segments"])
+    target = FeatureEmbedder(**settings, blocks=choice["blocks"])
+    raw = {k: slice_raw(v, source, target) for k, v in described(tracks, source).items()}
+    vectors = reference_vectors(source, target)
+
+    def grid(pairs: dict) -> dict[str, float]:
+        return {f"reference[{name}]/w{w}/s{lam}": val_score(reference_space(
+                    FeatureEmbedder(**settings, blocks=choice["blocks"]),
+                    reference_scatter(vectors, transforms), w, lam), raw, tracks)
+                for name, transforms in pairs.items()
+                for w in STAGE3_REFERENCE_WEIGHTS for lam in STAGE3_REFERENCE_SHRINKAGE}
+
+    return {"tracks": vectors["tracks"], "per_source": vectors["per_source"],
+            "packages": package_versions(AUDIO_DIR, REFERENCE_PACKAGES),
+            "eligible": grid(REFERENCE_PAIRS), "ineligible": grid(REFERENCE_INELIGIBLE)}
 
 
 def spaces(tracks: pd.DataFrame, run_dir: Path | None) -> dict[str, tuple]:

@@ -410,9 +410,18 @@ def t_real_retrieval() -> str:
                  f"{sel['stage3_margin']}): "
                  + ", ".join(f"{k} {v:.3f}" for k, v in alternatives.items())
                  + " (`lda`: top between-track directions; `csls`: hubness-corrected scores; "
-                 "`segment_rerank`: plus segment matching). "
-                 + (f"Adopted: {', '.join(adopted)}." if adopted else "None adopted.")
-                 + "\n\n")
+                 "`segment_rerank`: plus segment matching; `reference[...]/w/s`: plus the "
+                 "scatter of other composers' music, weight w, shrinkage s). "
+                 + (f"Adopted: {', '.join(adopted)}." if adopted else "None adopted."))
+        reference = sel.get("stage3_reference") or {}
+        if reference.get("ineligible"):
+            head += (f" The reference scatter came from {reference['tracks']} tracks of "
+                     f"{len(reference['per_source'])} other soundtracks. With the queries' own "
+                     "Griffin-Lim transform in it (it would learn the test transform, so it is "
+                     "never adopted): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in reference["ineligible"].items())
+                     + ".")
+        head += "\n\n"
     rows = []
     for r in m["table"]:
         if r["split"] != "test":

@@ -473,3 +473,36 @@ def test_retrieval_misses_are_listed_with_their_track_length():
     assert clean["test"]["5-12 min"] == {"n": 2, "track_recall_at_5": 0.5}
     assert clean["test"]["1-3 min"] == {"n": 1, "track_recall_at_5": 1.0}
     assert result["embedders"]["features"]["griffin_lim"]["test_misses"] == []
+
+
+def test_reference_scatter_adds_other_music_to_the_catalogs_whitening():
+    from benchmarks.real_retrieval import reference_scatter, reference_space
+    from helpers.embed import FeatureEmbedder
+
+    rng = np.random.default_rng(0)
+    embedder = FeatureEmbedder(blocks=("tempogram",), segments=3)  # 16 dims
+    catalog = rng.normal(size=(40, embedder.raw_dim))
+    queries = rng.normal(size=(10, embedder.raw_dim))
+    first = rng.normal(size=(30, 16))
+    second = first.copy()
+    second[:, 0] += rng.normal(scale=5.0, size=30)  # reference songs wander along dim 0 only
+    scatter = reference_scatter({"first": first, "clean": second}, ("clean",))
+    assert np.allclose(scatter, (second - first).T @ (second - first) / 60)
+    # weight 0: exactly the embedder's own whitening
+    c0, q0 = reference_space(FeatureEmbedder(blocks=("tempogram",), segments=3), scatter,
+                             0.0, 1.0)(catalog, queries)
+    fitted = FeatureEmbedder(blocks=("tempogram",), segments=3).fit(catalog)
+    assert np.allclose(c0, fitted.transform(catalog), atol=1e-5)
+    assert np.allclose(q0, fitted.transform(queries), atol=1e-5)
+    # a heavy reference weight whitens dim 0 away: the queries' dim 0 stops counting
+    moved = queries.copy()
+    moved[:, 0] += 50.0 * fitted.standardizer.std[0]
+    space = reference_space(FeatureEmbedder(blocks=("tempogram",), segments=3), scatter,
+                            100.0, 0.01)
+    _, q_ref = space(catalog, queries)
+    _, q_ref_moved = space(catalog, moved)
+    own = reference_space(FeatureEmbedder(blocks=("tempogram",), segments=3), scatter, 0.0,
+                          0.01)
+    (_, q_own), (_, q_own_moved) = own(catalog, queries), own(catalog, moved)
+    assert np.mean(np.sum(q_ref * q_ref_moved, axis=1)) > 0.9
+    assert np.mean(np.sum(q_own * q_own_moved, axis=1)) < 0.5
