@@ -100,6 +100,8 @@ from helpers.embed import (  # noqa: E402
     FeatureEmbedder,
     Standardizer,
     l2_normalise,
+    shrunk_inverse_sqrt,
+    within_track_scatter,
 )
 from helpers.io import write_npy  # noqa: E402
 from helpers.twins import make_twin  # noqa: E402
@@ -314,12 +316,10 @@ def reference_space(target: FeatureEmbedder, scatter: np.ndarray, weight: float,
         d, std = target.dim, target.standardizer.std
         parts = catalog[:, d:].reshape(len(catalog), target.segments, d)
         z = target.standardizer.transform(parts.reshape(-1, d)).astype(np.float64)
-        dev = z.reshape(parts.shape) - z.reshape(parts.shape).mean(axis=1, keepdims=True)
-        own = np.einsum("nsi,nsj->ij", dev, dev) / (len(catalog) * (target.segments - 1))
+        own = within_track_scatter(z.reshape(parts.shape))
         other = scatter / np.outer(std, std)
         total = own / np.trace(own) + weight * other / np.trace(other)
-        values, vectors = np.linalg.eigh(total + shrinkage * np.trace(total) / d * np.eye(d))
-        whitener = (vectors * values ** -0.5) @ vectors.T
+        whitener = shrunk_inverse_sqrt(total, shrinkage)
         return tuple(l2_normalise(target.standardizer.transform(x[:, :d]).astype(np.float64)
                                   @ whitener) for x in (catalog, queries))
     return space

@@ -826,21 +826,29 @@ class FeatureEmbedder(Embedder):
         return np.concatenate([parts[b] for b in self.blocks])
 
 
-def within_track_whitener(segments: np.ndarray, shrinkage: float) -> np.ndarray:
-    """``(S_w + shrinkage * mean_var * I) ** -1/2`` from segment vectors ``(n, S, d)``.
-
-    ``S_w`` is the pooled covariance of each track's segments around that track's mean (the
-    within-class covariance, tracks as classes); ``mean_var`` its average diagonal. Where
-    the segments never vary (silence, a test tone), the identity is returned.
-    """
-    n, s, d = segments.shape
+def within_track_scatter(segments: np.ndarray) -> np.ndarray:
+    """``S_w``: the pooled covariance of each track's segments ``(n, S, d)`` around that
+    track's mean (the within-class covariance, tracks as classes), ``(d, d)``."""
+    n, s, _ = segments.shape
     dev = segments - segments.mean(axis=1, keepdims=True)
-    within = np.einsum("nsi,nsj->ij", dev, dev) / max(n * (s - 1), 1)
-    mean_var = np.trace(within) / d
+    return np.einsum("nsi,nsj->ij", dev, dev) / max(n * (s - 1), 1)
+
+
+def shrunk_inverse_sqrt(scatter: np.ndarray, shrinkage: float) -> np.ndarray:
+    """``(S + shrinkage * mean_var * I) ** -1/2``, ``mean_var`` the average diagonal of
+    `scatter`; the identity where `scatter` is zero (segments that never vary: silence, a
+    test tone)."""
+    d = len(scatter)
+    mean_var = np.trace(scatter) / d
     if not mean_var > 1e-12:
         return np.eye(d)
-    values, vectors = np.linalg.eigh(within + shrinkage * mean_var * np.eye(d))
+    values, vectors = np.linalg.eigh(scatter + shrinkage * mean_var * np.eye(d))
     return (vectors * values ** -0.5) @ vectors.T
+
+
+def within_track_whitener(segments: np.ndarray, shrinkage: float) -> np.ndarray:
+    """`shrunk_inverse_sqrt` of the `within_track_scatter` of segment vectors ``(n, S, d)``."""
+    return shrunk_inverse_sqrt(within_track_scatter(segments), shrinkage)
 
 
 class FeatureEmbedder2(FeatureEmbedder):
