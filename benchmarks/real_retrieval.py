@@ -342,15 +342,10 @@ def reference_vectors(source: FeatureEmbedder, target: FeatureEmbedder) -> dict:
     out = {"tracks": len(tracks), "per_source": tracks.source.value_counts().to_dict()}
     transforms = sorted({t for p in (*REFERENCE_PAIRS.values(),
                                      *REFERENCE_INELIGIBLE.values()) for t in p})
-    for key, half, transform in [("first", 0, "clean"), *[(t, 1, t) for t in transforms]]:
-        path = WORK / "vectors" / f"{name}_{key}.npy"
-        if path.exists() and len(np.load(path)) == len(tracks):
-            raw = np.load(path)
-        else:
-            raw = np.stack([source.embed_raw_audio(cached_audio(t, half, transform), SR)
-                            for t in tqdm(list(tracks.itertuples()), desc=f"reference {key}")])
-            write_npy(path, raw.astype(np.float32))
-        out[key] = slice_raw(raw, source, target)[:, :target.dim].astype(np.float64)
+    raw = raw_vectors(tracks, lambda y: source.embed_raw_audio(y, SR), name,
+                      [("first", 0, "clean"), *[(t, 1, t) for t in transforms]])
+    out.update({key: slice_raw(v, source, target)[:, :target.dim].astype(np.float64)
+                for key, v in raw.items()})
     return out
 
 
@@ -419,15 +414,19 @@ def val_score(space, raw: dict[str, np.ndarray], tracks: pd.DataFrame) -> float:
 # ------------------------------------------------------------------------------------------
 
 
-def raw_vectors(tracks: pd.DataFrame, fn, name: str) -> dict[str, np.ndarray]:
-    """Raw vectors of the catalog and of each query transform, cached per embedder name."""
+def raw_vectors(tracks: pd.DataFrame, fn, name: str,
+                excerpts: list[tuple[str, int, str]] | None = None) -> dict[str, np.ndarray]:
+    """Raw vectors of `excerpts` (key, half, transform; default: the catalog and each query
+    transform), cached per embedder name and key."""
     out = {}
-    for key, half, transform in [("catalog", 0, "clean"),
-                                 *[(t, 1, t) for t in TRANSFORMS]]:
+    for key, half, transform in excerpts or [("catalog", 0, "clean"),
+                                             *[(t, 1, t) for t in TRANSFORMS]]:
         path = WORK / "vectors" / f"{name}_{key}.npy"
-        if path.exists() and len(np.load(path)) == len(tracks):
-            out[key] = np.load(path)
-            continue
+        if path.exists():
+            cached = np.load(path)
+            if len(cached) == len(tracks):
+                out[key] = cached
+                continue
         out[key] = np.stack([fn(cached_audio(t, half, transform))
                              for t in tqdm(list(tracks.itertuples()), desc=f"{name} {key}")])
         write_npy(path, out[key].astype(np.float32))
